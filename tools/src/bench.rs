@@ -1,0 +1,514 @@
+//! `walctl bench`: WAL append and replay figures next to physical baselines measured in the same
+//! run, on the same directory, so every result is a ratio.
+//!
+//! Baselines:
+//! - `always`: a `pwrite` + `fdatasync` loop of one record's size into a file that was already
+//!   written (zero-filled and fsynced): the best a durable append can do on this disk.
+//! - `batch`/`never`: 1 MiB sequential `pwrite`s into a preallocated file, no fsync.
+//! - replay: plain 1 MiB sequential reads of the same segment files.
+//!
+//! Before each read measurement the page cache is dropped when the process may (root); otherwise
+//! both reads run warm and the report says so.
+
+use crate::{CmdResult, Failure};
+use seglog::wal::{Entry, FsyncPolicy, LogView, StdIo, Wal, WalConfig};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Fsync policy of the WAL under test.
+    pub fsync: FsyncPolicy,
+    /// Flusher interval for `batch`.
+    pub interval_ms: u64,
+    /// Concurrent appenders.
+    pub writers: usize,
+    /// Value bytes per record.
+    pub record_size: usize,
+    /// Records in total (split across writers).
+    pub records: u64,
+    /// Directory to work in (created; `wal/` and `baseline.dat` inside are replaced).
+    pub dir: PathBuf,
+    /// WAL segment size.
+    pub segment_size: u64,
+    /// Also measure replay of the written log.
+    pub replay: bool,
+    /// Print JSON instead of a table.
+    pub json: bool,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Latency {
+    /// Median.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+}
+
+fn percentiles(mut ns: Vec<u64>) -> Latency {
+    if ns.is_empty() {
+        return Latency::default();
+    }
+    ns.sort_unstable();
+    let at = |p: f64| ns[((ns.len() as f64 * p) as usize).min(ns.len() - 1)] as f64 / 1000.0;
+    Latency {
+        p50_us: at(0.50),
+        p99_us: at(0.99),
+        p999_us: at(0.999),
+    }
+}
+
+/// Result of one append run.
+#[derive(Debug, Clone)]
+pub struct AppendResult {
+    /// Appends per second.
+    pub appends_per_sec: f64,
+    /// Payload MB/s (values only).
+    pub mb_per_sec: f64,
+    /// Per-append latency.
+    pub latency: Latency,
+    /// fdatasyncs issued.
+    pub fsyncs: u64,
+}
+
+/// Result of the raw baseline for appends.
+#[derive(Debug, Clone)]
+pub struct Baseline {
+    /// What it is.
+    pub what: String,
+    /// Operations (records) per second.
+    pub ops_per_sec: f64,
+    /// MB/s.
+    pub mb_per_sec: f64,
+    /// Per-operation latency.
+    pub latency: Latency,
+}
+
+/// Result of the replay measurement.
+#[derive(Debug, Clone)]
+pub struct ReplayResult {
+    /// Records read.
+    pub records: u64,
+    /// Bytes of segment files.
+    pub bytes: u64,
+    /// Replay MB/s (segment bytes / time).
+    pub mb_per_sec: f64,
+    /// Raw sequential read MB/s of the same files.
+    pub raw_mb_per_sec: f64,
+    /// True when the page cache was dropped before each read.
+    pub cold: bool,
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> Failure {
+    Failure::Error(format!("{what}: {e}"))
+}
+
+/// Drops the page cache (root only). Returns whether it did.
+pub fn drop_caches() -> bool {
+    // SAFETY: sync() takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    fs::write("/proc/sys/vm/drop_caches", b"3\n").is_ok()
+}
+
+/// `pwrite` + `fdatasync` of `size` bytes, `iters` times, into an already written file.
+pub fn baseline_fdatasync(path: &Path, size: usize, iters: u64) -> Result<Baseline, Failure> {
+    let total = (size as u64 * iters).div_ceil(1 << 20) * (1 << 20);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| err("create baseline file", e))?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < total {
+        f.write_all_at(&zeros, off)
+            .map_err(|e| err("write baseline file", e))?;
+        off += zeros.len() as u64;
+    }
+    f.sync_all().map_err(|e| err("fsync baseline file", e))?;
+    let buf = vec![0x5au8; size];
+    let mut lat = Vec::with_capacity(iters as usize);
+    let t = Instant::now();
+    for i in 0..iters {
+        let s = Instant::now();
+        f.write_all_at(&buf, i * size as u64)
+            .map_err(|e| err("write baseline file", e))?;
+        f.sync_data()
+            .map_err(|e| err("fdatasync baseline file", e))?;
+        lat.push(s.elapsed().as_nanos() as u64);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    drop(f);
+    fs::remove_file(path).map_err(|e| err("remove baseline file", e))?;
+    Ok(Baseline {
+        what: "pwrite+fdatasync into a preallocated (written) file".into(),
+        ops_per_sec: iters as f64 / secs,
+        mb_per_sec: (iters * size as u64) as f64 / secs / 1e6,
+        latency: percentiles(lat),
+    })
+}
+
+/// 1 MiB sequential writes of `total` bytes into a preallocated file, no fsync.
+pub fn baseline_buffered(path: &Path, total: u64, record_size: usize) -> Result<Baseline, Failure> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| err("create baseline file", e))?;
+    let total = total.max(1 << 20);
+    // Same preallocation as the WAL's segments under `never`.
+    // SAFETY: fallocate reads only its integer arguments; the descriptor is open.
+    let rc = unsafe {
+        libc::fallocate(
+            std::os::unix::io::AsRawFd::as_raw_fd(&f),
+            0,
+            0,
+            total as libc::off_t,
+        )
+    };
+    if rc != 0 {
+        tracing::info!(
+            "fallocate refused for the baseline file: measuring writes into a growing file"
+        );
+    }
+    let buf = vec![0x5au8; 1 << 20];
+    let t = Instant::now();
+    let mut off = 0;
+    while off < total {
+        f.write_all_at(&buf, off)
+            .map_err(|e| err("write baseline file", e))?;
+        off += buf.len() as u64;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    drop(f);
+    fs::remove_file(path).map_err(|e| err("remove baseline file", e))?;
+    let mb = total as f64 / secs / 1e6;
+    Ok(Baseline {
+        what: "1 MiB sequential pwrite into a preallocated file, no fsync".into(),
+        ops_per_sec: total as f64 / secs / record_size.max(1) as f64,
+        mb_per_sec: mb,
+        latency: Latency::default(),
+    })
+}
+
+/// Runs the WAL append workload in `dir` (a fresh log).
+pub fn run_appends(dir: &Path, opts: &BenchOptions) -> Result<AppendResult, Failure> {
+    let config = WalConfig {
+        fsync: opts.fsync,
+        fsync_interval_ms: opts.interval_ms,
+        segment_size_bytes: opts.segment_size,
+        ..WalConfig::default()
+    };
+    let wal = Wal::open(dir, config)?;
+    let writers = opts.writers.max(1);
+    let per = opts.records / writers as u64;
+    let total = per * writers as u64;
+    let value = vec![0x42u8; opts.record_size];
+    // Timing every append costs two clock reads (~40 ns), a fifth of a 100-byte `never`
+    // append: above a million records every 16th append is timed instead.
+    let sample_mask: u64 = if total > 1_000_000 { 15 } else { 0 };
+    let start = std::sync::Barrier::new(writers + 1);
+    let (lats, secs) = std::thread::scope(|s| -> Result<(Vec<u64>, f64), Failure> {
+        let handles: Vec<_> = (0..writers)
+            .map(|_| {
+                let (wal, value, start) = (&wal, &value, &start);
+                s.spawn(move || -> Result<Vec<u64>, seglog::wal::Error> {
+                    let mut lat = Vec::with_capacity((per / (sample_mask + 1)) as usize + 1);
+                    start.wait();
+                    for i in 0..per {
+                        let entry = Entry {
+                            kind: 0,
+                            key: b"",
+                            value,
+                        };
+                        if i & sample_mask == 0 {
+                            let t = Instant::now();
+                            wal.append(entry)?;
+                            lat.push(t.elapsed().as_nanos() as u64);
+                        } else {
+                            wal.append(entry)?;
+                        }
+                    }
+                    Ok(lat)
+                })
+            })
+            .collect();
+        start.wait();
+        let t0 = Instant::now();
+        let mut all = Vec::with_capacity(total as usize);
+        for h in handles {
+            all.extend(
+                h.join()
+                    .map_err(|_| Failure::Error("a bench writer panicked".into()))??,
+            );
+        }
+        // Count until the policy's promise is kept for every record: durable for always and
+        // batch, handed to the OS for never.
+        match opts.fsync {
+            FsyncPolicy::Never => wal.flush().map(|_| ())?,
+            _ => wal.sync().map(|_| ())?,
+        }
+        Ok((all, t0.elapsed().as_secs_f64()))
+    })?;
+    let fsyncs = wal.stats().fsyncs;
+    wal.close()?;
+    Ok(AppendResult {
+        appends_per_sec: total as f64 / secs,
+        mb_per_sec: (total * opts.record_size as u64) as f64 / secs / 1e6,
+        latency: percentiles(lats),
+        fsyncs,
+    })
+}
+
+fn segment_files(dir: &Path) -> Result<(Vec<PathBuf>, u64), Failure> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| err("list", e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    files.sort();
+    let bytes = files
+        .iter()
+        .map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    Ok((files, bytes))
+}
+
+/// Replays the log in `dir` through the WAL reader and reads its files raw, both cold when the
+/// page cache can be dropped.
+pub fn run_replay(dir: &Path) -> Result<ReplayResult, Failure> {
+    let (files, bytes) = segment_files(dir)?;
+    let cold = drop_caches();
+    if !cold {
+        // Warm both runs alike.
+        raw_read(&files)?;
+    }
+    let t = Instant::now();
+    let view = LogView::open(Arc::new(StdIo), dir)?;
+    let mut records = 0u64;
+    let mut sum = 0u64;
+    for r in view.reader(1) {
+        let r = r?;
+        records += 1;
+        sum = sum.wrapping_add(r.value.len() as u64);
+    }
+    let replay_secs = t.elapsed().as_secs_f64();
+    std::hint::black_box(sum);
+    if cold {
+        drop_caches();
+    }
+    let t = Instant::now();
+    raw_read(&files)?;
+    let raw_secs = t.elapsed().as_secs_f64();
+    Ok(ReplayResult {
+        records,
+        bytes,
+        mb_per_sec: bytes as f64 / replay_secs / 1e6,
+        raw_mb_per_sec: bytes as f64 / raw_secs / 1e6,
+        cold,
+    })
+}
+
+fn raw_read(files: &[PathBuf]) -> Result<u64, Failure> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    for p in files {
+        let mut f = File::open(p).map_err(|e| err("open", e))?;
+        loop {
+            let n = f.read(&mut buf).map_err(|e| err("read", e))?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+    }
+    Ok(total)
+}
+
+/// Everything one `walctl bench` run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Options used.
+    pub opts: BenchOptions,
+    /// The WAL.
+    pub append: AppendResult,
+    /// The physical baseline for appends.
+    pub baseline: Baseline,
+    /// Replay, when measured.
+    pub replay: Option<ReplayResult>,
+}
+
+/// Runs the whole benchmark.
+pub fn measure(opts: &BenchOptions) -> Result<Report, Failure> {
+    fs::create_dir_all(&opts.dir).map_err(|e| err("create bench directory", e))?;
+    let wal_dir = opts.dir.join("wal");
+    if wal_dir.exists() {
+        fs::remove_dir_all(&wal_dir).map_err(|e| err("clear bench directory", e))?;
+    }
+    let base_path = opts.dir.join("baseline.dat");
+    let baseline = match opts.fsync {
+        FsyncPolicy::Always => {
+            baseline_fdatasync(&base_path, opts.record_size + 32, opts.records.min(5000))?
+        }
+        _ => baseline_buffered(
+            &base_path,
+            opts.records * seglog::wal::format::frame_size(0, opts.record_size) as u64,
+            opts.record_size,
+        )?,
+    };
+    let append = run_appends(&wal_dir, opts)?;
+    let replay = if opts.replay {
+        Some(run_replay(&wal_dir)?)
+    } else {
+        None
+    };
+    Ok(Report {
+        opts: opts.clone(),
+        append,
+        baseline,
+        replay,
+    })
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+/// Prints a report as a table.
+pub fn print_table(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
+    let o = &r.opts;
+    writeln!(
+        out,
+        "walctl bench: fsync={:?} writers={} record_size={}B records={} segment_size={} dir={}",
+        o.fsync,
+        o.writers,
+        o.record_size,
+        o.records,
+        o.segment_size,
+        o.dir.display()
+    )?;
+    writeln!(out, "baseline: {}", r.baseline.what)?;
+    writeln!(
+        out,
+        "{:<22} {:>14} {:>14} {:>8}",
+        "figure", "seglog", "baseline", "ratio"
+    )?;
+    let a = &r.append;
+    let b = &r.baseline;
+    match o.fsync {
+        FsyncPolicy::Always => {
+            writeln!(
+                out,
+                "{:<22} {:>14.0} {:>14.0} {:>7.2}x",
+                "appends/s",
+                a.appends_per_sec,
+                b.ops_per_sec,
+                ratio(a.appends_per_sec, b.ops_per_sec)
+            )?;
+            writeln!(
+                out,
+                "{:<22} {:>14.2} {:>14.2} {:>7.2}x",
+                "MB/s",
+                a.mb_per_sec,
+                b.mb_per_sec,
+                ratio(a.mb_per_sec, b.mb_per_sec)
+            )?;
+            for (name, x, y) in [
+                ("p50 latency us", a.latency.p50_us, b.latency.p50_us),
+                ("p99 latency us", a.latency.p99_us, b.latency.p99_us),
+                ("p999 latency us", a.latency.p999_us, b.latency.p999_us),
+            ] {
+                writeln!(out, "{name:<22} {x:>14.1} {y:>14.1} {:>7.2}x", ratio(x, y))?;
+            }
+        }
+        _ => {
+            writeln!(
+                out,
+                "{:<22} {:>14.0} {:>14} {:>8}",
+                "appends/s", a.appends_per_sec, "-", "-"
+            )?;
+            writeln!(
+                out,
+                "{:<22} {:>14.2} {:>14.2} {:>7.2}x",
+                "MB/s",
+                a.mb_per_sec,
+                b.mb_per_sec,
+                ratio(a.mb_per_sec, b.mb_per_sec)
+            )?;
+            writeln!(
+                out,
+                "{:<22} {:>14.1} {:>14} {:>8}",
+                "p50 latency us", a.latency.p50_us, "-", "-"
+            )?;
+            writeln!(
+                out,
+                "{:<22} {:>14.1} {:>14} {:>8}",
+                "p99 latency us", a.latency.p99_us, "-", "-"
+            )?;
+            writeln!(
+                out,
+                "{:<22} {:>14.1} {:>14} {:>8}",
+                "p999 latency us", a.latency.p999_us, "-", "-"
+            )?;
+        }
+    }
+    writeln!(out, "{:<22} {:>14}", "fdatasyncs", a.fsyncs)?;
+    if let Some(p) = &r.replay {
+        writeln!(out, "replay of {} records, {:.1} MiB ({} page cache); baseline: raw 1 MiB sequential read of the same files", p.records, p.bytes as f64 / (1u64 << 20) as f64, if p.cold { "cold" } else { "warm" })?;
+        writeln!(
+            out,
+            "{:<22} {:>14.1} {:>14.1} {:>7.2}x",
+            "replay MB/s",
+            p.mb_per_sec,
+            p.raw_mb_per_sec,
+            ratio(p.mb_per_sec, p.raw_mb_per_sec)
+        )?;
+    }
+    Ok(())
+}
+
+/// Prints a report as one JSON object.
+pub fn print_json(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
+    let o = &r.opts;
+    let lat = |l: &Latency| serde_json::json!({"p50_us": l.p50_us, "p99_us": l.p99_us, "p999_us": l.p999_us});
+    let mut v = serde_json::json!({
+        "fsync": format!("{:?}", o.fsync).to_lowercase(),
+        "writers": o.writers,
+        "record_size": o.record_size,
+        "records": o.records,
+        "append": {"appends_per_sec": r.append.appends_per_sec, "mb_per_sec": r.append.mb_per_sec, "latency": lat(&r.append.latency), "fdatasyncs": r.append.fsyncs},
+        "baseline": {"what": r.baseline.what, "ops_per_sec": r.baseline.ops_per_sec, "mb_per_sec": r.baseline.mb_per_sec, "latency": lat(&r.baseline.latency)},
+        "ratio_mb_per_sec": ratio(r.append.mb_per_sec, r.baseline.mb_per_sec),
+    });
+    if let Some(p) = &r.replay {
+        v["replay"] = serde_json::json!({"records": p.records, "bytes": p.bytes, "mb_per_sec": p.mb_per_sec, "raw_mb_per_sec": p.raw_mb_per_sec, "ratio": ratio(p.mb_per_sec, p.raw_mb_per_sec), "cold_cache": p.cold});
+    }
+    writeln!(out, "{v}")
+}
+
+/// `walctl bench`.
+pub fn run(opts: &BenchOptions, out: &mut dyn Write) -> CmdResult {
+    let r = measure(opts)?;
+    if opts.json {
+        print_json(&r, out)?;
+    } else {
+        print_table(&r, out)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! The narrow I/O layer every byte of the WAL goes through.
+//!
+//! [`Io`] (the file system) and [`IoFile`] (one open file) are the only way the WAL touches
+//! storage. Backends:
+//! - [`StdIo`]: `pwrite`/`pread`/`fdatasync` through std and libc.
+//! - [`crate::sim::SimIo`]: an in-memory file system that tracks written versus synced bytes and
+//!   directory entries, fails or tears writes on demand and simulates power loss.
+//! - an io_uring backend (next): it plugs in here.
+//!
+//! Contract every backend keeps: `write_at` writes all of `buf` or returns an error (after which
+//! the WAL poisons itself); `sync_data` makes every completed `write_at` of this file durable;
+//! `sync_dir` makes creations, renames and removals of entries in that directory durable.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One open file.
+pub trait IoFile: Send + Sync {
+    /// Writes all of `buf` at `offset`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many (0 at end of file).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// Makes the file's data (and the metadata needed to read it back) durable: fdatasync.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Makes data and all metadata durable (fsync); used after a length change.
+    fn sync_all(&self) -> io::Result<()>;
+    /// Sets the file length.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Current file length.
+    fn len(&self) -> io::Result<u64>;
+    /// Reserves `[offset, offset+len)` on disk (fallocate). `ErrorKind::Unsupported` when the
+    /// file system refuses; the caller then writes zeros instead.
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Hints that `[offset, offset+len)` may be written back now (sync_file_range WRITE).
+    /// Durability is not implied. The default does nothing.
+    fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An advisory exclusive lock on a data directory, released on drop.
+pub trait DirLock: Send + Sync {}
+
+/// Result of trying to lock a directory.
+pub enum LockOutcome {
+    /// We hold it.
+    Acquired(Box<dyn DirLock>),
+    /// Someone else does; the pid they wrote, if readable.
+    Held(Option<u32>),
+}
+
+/// The file system.
+pub trait Io: Send + Sync + 'static {
+    /// Short name for logs and `walctl inspect` ("std", "sim", "io_uring").
+    fn name(&self) -> &'static str;
+    /// Opens an existing file for reading and writing.
+    fn open_rw(&self, path: &Path) -> io::Result<Arc<dyn IoFile>>;
+    /// Opens an existing file read-only.
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn IoFile>>;
+    /// Creates a file that must not exist yet, for reading and writing.
+    fn create_new(&self, path: &Path) -> io::Result<Arc<dyn IoFile>>;
+    /// Creates or truncates a file, for reading and writing.
+    fn create_truncate(&self, path: &Path) -> io::Result<Arc<dyn IoFile>>;
+    /// Atomically renames `from` to `to` (same directory).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Names of the entries of a directory (files and subdirectories).
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Creates one directory (its parent exists).
+    fn create_dir(&self, dir: &Path) -> io::Result<()>;
+    /// True when the path exists.
+    fn exists(&self, path: &Path) -> bool;
+    /// True when the path is a directory.
+    fn is_dir(&self, path: &Path) -> bool;
+    /// fsyncs a directory, making entry changes in it durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes the exclusive write lock of `dir` (lock file `dir/LOCK`), recording our pid.
+    fn lock_dir(&self, dir: &Path) -> io::Result<LockOutcome>;
+}
+
+/// The portable backend: std files, `pwrite`, `pread`, `fdatasync`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdIo;
+
+struct StdFile {
+    file: File,
+}
+
+impl IoFile for StdFile {
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        loop {
+            match self.file.read_at(buf, offset) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range too large",
+            ));
+        };
+        // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by
+        // `self.file` and stays open for the duration of the call.
+        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, off, l) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => {
+                Err(io::Error::new(io::ErrorKind::Unsupported, err))
+            }
+            _ => Err(err),
+        }
+    }
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        let (Ok(off), Ok(l)) = (
+            libc::off64_t::try_from(offset),
+            libc::off64_t::try_from(len),
+        ) else {
+            return Ok(());
+        };
+        // SAFETY: sync_file_range only reads its integer arguments; the descriptor is open.
+        let rc = unsafe {
+            libc::sync_file_range(self.file.as_raw_fd(), off, l, libc::SYNC_FILE_RANGE_WRITE)
+        };
+        // A hint: a file system that does not support it loses nothing.
+        let _ignored_hint_result = rc;
+        Ok(())
+    }
+}
+
+struct StdLock {
+    // Held for its descriptor: the flock lives as long as the file is open.
+    _file: File,
+}
+impl DirLock for StdLock {}
+
+fn rw_options() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.read(true).write(true).mode(0o644);
+    o
+}
+
+impl Io for StdIo {
+    fn name(&self) -> &'static str {
+        "std"
+    }
+    fn open_rw(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
+        Ok(Arc::new(StdFile {
+            file: rw_options().open(path)?,
+        }))
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
+        Ok(Arc::new(StdFile {
+            file: File::open(path)?,
+        }))
+    }
+    fn create_new(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
+        Ok(Arc::new(StdFile {
+            file: rw_options().create_new(true).open(path)?,
+        }))
+    }
+    fn create_truncate(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
+        Ok(Arc::new(StdFile {
+            file: rw_options().create(true).truncate(true).open(path)?,
+        }))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for e in fs::read_dir(dir)? {
+            names.push(e?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir(dir)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        path.is_dir()
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+    fn lock_dir(&self, dir: &Path) -> io::Result<LockOutcome> {
+        use std::io::{Read, Seek, Write};
+        let path = dir.join(crate::dir::LOCK_FILE);
+        let mut file = rw_options().create(true).truncate(false).open(&path)?;
+        // SAFETY: flock only reads its integer arguments; the descriptor is open.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let mut s = String::new();
+                let pid = file
+                    .read_to_string(&mut s)
+                    .ok()
+                    .and_then(|_| s.trim().parse().ok());
+                return Ok(LockOutcome::Held(pid));
+            }
+            return Err(err);
+        }
+        file.set_len(0)?;
+        file.seek(io::SeekFrom::Start(0))?;
+        writeln!(file, "{}", std::process::id())?;
+        Ok(LockOutcome::Acquired(Box::new(StdLock { _file: file })))
+    }
+}
+
+/// Creates `dir` and any missing parents, fsyncing each parent whose entries changed so the new
+/// directories survive power loss. Returns true when `dir` was created.
+pub fn create_dir_durable(io: &dyn Io, dir: &Path) -> io::Result<bool> {
+    if io.is_dir(dir) {
+        return Ok(false);
+    }
+    let mut missing: Vec<PathBuf> = Vec::new();
+    let mut p = Some(dir);
+    while let Some(d) = p {
+        if d.as_os_str().is_empty() || io.is_dir(d) {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        p = d.parent();
+    }
+    for d in missing.iter().rev() {
+        match io.create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let parent = match d.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        io.sync_dir(&parent)?;
+    }
+    Ok(true)
+}

@@ -1,0 +1,302 @@
+//! Behaviour of the WAL on every backend: appends, rolls, reopen, readers, locks, poisoning.
+
+mod common;
+use common::*;
+use seglog_wal::sim::Faults;
+use seglog_wal::{Entry, Error, FsyncPolicy, LogView, Wal};
+
+#[test]
+fn appends_survive_clean_reopen_across_segment_rolls() {
+    for env in backends() {
+        for policy in [FsyncPolicy::Always, FsyncPolicy::Batch, FsyncPolicy::Never] {
+            let dir = env.dir.join(format!("{policy:?}"));
+            let c = config(policy, 8192);
+            let wal = seglog_wal::Wal::open_with_io(env.io.clone(), &dir, c.clone()).unwrap();
+            let mut expect = Vec::new();
+            for i in 1..=300u64 {
+                let v = value(i, (i % 200) as usize);
+                assert_eq!(wal.append(entry(&v)).unwrap(), i);
+                expect.push((i, v));
+            }
+            wal.close().unwrap();
+            let wal = Wal::open_with_io(env.io.clone(), &dir, c).unwrap();
+            assert!(
+                wal.recovery_report().closed_cleanly,
+                "[{}] {policy:?}",
+                env.name
+            );
+            assert_eq!(wal.recovery_report().torn_tail, None);
+            assert_eq!(read_all(&wal), expect, "[{}] {policy:?}", env.name);
+            let view = LogView::open(env.io.clone(), &dir).unwrap();
+            assert!(
+                view.segments.len() >= 4,
+                "[{}] rolled into {} segments",
+                env.name,
+                view.segments.len()
+            );
+            assert_eq!(view.verify_records().unwrap(), 300);
+            assert_eq!(wal.append(entry(b"next")).unwrap(), 301);
+        }
+    }
+}
+
+#[test]
+fn batch_lsns_are_consecutive_and_read_back_in_order() {
+    for env in backends() {
+        let wal = env.open(&config(FsyncPolicy::Always, 1 << 16));
+        wal.append(entry(b"a")).unwrap();
+        let vals: Vec<Vec<u8>> = (0..10).map(|i| value(i, 30)).collect();
+        let entries: Vec<Entry<'_>> = vals.iter().map(|v| entry(v)).collect();
+        assert_eq!(wal.append_batch(&entries).unwrap(), (2, 11));
+        assert_eq!(wal.durable_lsn(), 11);
+        let got = read_all(&wal);
+        assert_eq!(got.len(), 11);
+        assert!(got.windows(2).all(|w| w[1].0 == w[0].0 + 1));
+        assert!(matches!(wal.append_batch(&[]), Err(Error::EmptyBatch)));
+    }
+}
+
+#[test]
+fn reader_starts_at_any_lsn_and_follows_the_writer() {
+    for env in backends() {
+        let wal = env.open(&config(FsyncPolicy::Always, 4096));
+        for i in 1..=100u64 {
+            wal.append(entry(&value(i, 50))).unwrap();
+        }
+        let got: Vec<u64> = wal.reader(57).map(|r| r.unwrap().lsn).collect();
+        assert_eq!(got, (57..=100).collect::<Vec<_>>(), "[{}]", env.name);
+        let mut tail = wal.reader(101);
+        assert!(tail.next().is_none());
+        for i in 101..=160u64 {
+            wal.append(entry(&value(i, 50))).unwrap();
+        }
+        let more: Vec<u64> = tail.by_ref().map(|r| r.unwrap().lsn).collect();
+        assert_eq!(
+            more,
+            (101..=160).collect::<Vec<_>>(),
+            "[{}] reader follows across rolls",
+            env.name
+        );
+    }
+}
+
+#[test]
+fn reader_never_sees_records_beyond_the_durable_watermark() {
+    for env in backends() {
+        let wal = env.open(&config(FsyncPolicy::Batch, 1 << 16));
+        let lsn = wal.submit(entry(b"x")).unwrap();
+        // Not yet durable unless the flusher already ran: whatever the reader returns is durable.
+        let seen: Vec<u64> = wal.reader(1).map(|r| r.unwrap().lsn).collect();
+        assert!(seen.iter().all(|&l| l <= wal.durable_lsn()));
+        wal.wait_durable(lsn).unwrap();
+        assert_eq!(wal.reader(1).count(), 1);
+    }
+}
+
+#[test]
+fn second_writer_gets_locked_error_naming_pid() {
+    for env in backends() {
+        let c = config(FsyncPolicy::Always, 1 << 16);
+        let _wal = env.open(&c);
+        match Wal::open_with_io(env.io.clone(), &env.dir, c) {
+            Err(Error::Locked { pid: Some(pid), .. }) => assert_eq!(pid, std::process::id()),
+            other => panic!(
+                "[{}] expected Locked, got {:?}",
+                env.name,
+                other.map(|_| ())
+            ),
+        }
+    }
+}
+
+#[test]
+fn too_large_records_and_keys_are_refused_up_front() {
+    for env in backends() {
+        let wal = env.open(&config(FsyncPolicy::Always, 4096));
+        let big = vec![0u8; 4096];
+        assert!(matches!(
+            wal.append(entry(&big)),
+            Err(Error::RecordTooLarge { .. })
+        ));
+        let key = vec![0u8; 70_000];
+        assert!(matches!(
+            wal.append(Entry::new(&key, b"")),
+            Err(Error::KeyTooLarge { .. })
+        ));
+        // The log is still usable.
+        assert_eq!(wal.append(entry(b"ok")).unwrap(), 1);
+    }
+}
+
+#[test]
+fn sync_fsyncs_once_and_not_again_when_nothing_changed() {
+    let sim = seglog_wal::sim::SimIo::new(1);
+    let io: std::sync::Arc<dyn seglog_wal::Io> = std::sync::Arc::new(sim.clone());
+    let wal = Wal::open_with_io(io, "/d", config(FsyncPolicy::Never, 1 << 16)).unwrap();
+    wal.submit(entry(b"a")).unwrap();
+    let before = wal.stats().fsyncs;
+    assert_eq!(wal.sync().unwrap(), 1);
+    assert_eq!(wal.stats().fsyncs, before + 1, "sync with data must fsync");
+    wal.sync().unwrap();
+    assert_eq!(wal.stats().fsyncs, before + 1, "nothing new: no fsync");
+}
+
+#[test]
+fn failed_fsync_poisons_until_reopen_and_durable_records_survive() {
+    let sim = seglog_wal::sim::SimIo::new(3);
+    let io: std::sync::Arc<dyn seglog_wal::Io> = std::sync::Arc::new(sim.clone());
+    let c = config(FsyncPolicy::Always, 1 << 16);
+    let wal = Wal::open_with_io(io.clone(), "/d", c.clone()).unwrap();
+    for i in 1..=5u64 {
+        wal.append(entry(&value(i, 10))).unwrap();
+    }
+    sim.set_faults(Faults {
+        fail_sync_in: Some(1),
+        only_files_ending: Some(".seg".into()),
+        ..Faults::default()
+    });
+    assert!(matches!(
+        wal.append(entry(b"lost")),
+        Err(Error::Unacknowledged {
+            first_lsn: 6,
+            last_lsn: 6,
+            ..
+        })
+    ));
+    for _ in 0..3 {
+        assert!(matches!(
+            wal.append(entry(b"after")),
+            Err(Error::Poisoned { .. })
+        ));
+    }
+    assert!(matches!(wal.sync(), Err(Error::Poisoned { .. })));
+    drop(wal);
+    sim.power_loss();
+    let wal = Wal::open_with_io(io, "/d", c).unwrap();
+    let got = read_all(&wal);
+    assert!(got.len() >= 5 && got.len() <= 6, "{got:?}");
+    assert_eq!(
+        got[..5],
+        (1..=5).map(|i| (i, value(i, 10))).collect::<Vec<_>>()[..]
+    );
+    let next = wal.append(entry(b"again")).unwrap();
+    assert_eq!(next, got.len() as u64 + 1);
+}
+
+#[test]
+fn failed_write_poisons() {
+    let sim = seglog_wal::sim::SimIo::new(3);
+    let io: std::sync::Arc<dyn seglog_wal::Io> = std::sync::Arc::new(sim.clone());
+    let wal = Wal::open_with_io(io, "/d", config(FsyncPolicy::Always, 1 << 16)).unwrap();
+    wal.append(entry(b"a")).unwrap();
+    sim.set_faults(Faults {
+        fail_write_in: Some(1),
+        only_files_ending: Some(".seg".into()),
+        ..Faults::default()
+    });
+    assert!(matches!(
+        wal.append(entry(b"b")),
+        Err(Error::Unacknowledged { .. })
+    ));
+    assert!(matches!(
+        wal.append(entry(b"c")),
+        Err(Error::Poisoned { .. })
+    ));
+    assert!(wal.poisoned().is_some());
+}
+
+#[test]
+fn full_disk_when_preparing_a_segment_is_an_error_not_corruption() {
+    let sim = seglog_wal::sim::SimIo::new(5);
+    let io: std::sync::Arc<dyn seglog_wal::Io> = std::sync::Arc::new(sim.clone());
+    let c = config(FsyncPolicy::Always, 4096);
+    let wal = Wal::open_with_io(io.clone(), "/d", c.clone()).unwrap();
+    // Room for the active segment and little more.
+    sim.set_faults(Faults {
+        capacity_bytes: Some(4096 + 4096 + 512),
+        ..Faults::default()
+    });
+    let mut last_ok = 0;
+    let mut err = None;
+    for i in 1..=200u64 {
+        match wal.append(entry(&value(i, 100))) {
+            Ok(l) => last_ok = l,
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+    }
+    let err = err.expect("the disk fills up");
+    assert!(
+        err.to_string().contains("No space") || err.to_string().contains("space"),
+        "{err}"
+    );
+    drop(wal);
+    sim.set_faults(Faults::default());
+    let wal = Wal::open_with_io(io, "/d", c).unwrap();
+    let got = read_all(&wal);
+    assert!(
+        got.len() as u64 >= last_ok,
+        "acknowledged records lost: {} < {last_ok}",
+        got.len()
+    );
+}
+
+#[test]
+fn preallocation_falls_back_to_zeros_when_fallocate_is_refused() {
+    let sim = seglog_wal::sim::SimIo::new(5);
+    sim.set_faults(Faults {
+        fallocate_unsupported: true,
+        ..Faults::default()
+    });
+    let io: std::sync::Arc<dyn seglog_wal::Io> = std::sync::Arc::new(sim.clone());
+    let c = config(FsyncPolicy::Always, 8192);
+    let wal = Wal::open_with_io(io.clone(), "/d", c.clone()).unwrap();
+    for i in 1..=100u64 {
+        wal.append(entry(&value(i, 100))).unwrap();
+    }
+    wal.close().unwrap();
+    let view = LogView::open(io, std::path::Path::new("/d")).unwrap();
+    assert_eq!(view.verify_records().unwrap(), 100);
+}
+
+#[test]
+fn data_directory_creation_is_durable() {
+    let sim = seglog_wal::sim::SimIo::new(9);
+    let io: std::sync::Arc<dyn seglog_wal::Io> = std::sync::Arc::new(sim.clone());
+    let c = config(FsyncPolicy::Always, 8192);
+    let wal = Wal::open_with_io(io.clone(), "/a/b/data", c.clone()).unwrap();
+    wal.append(entry(b"x")).unwrap();
+    drop(wal);
+    sim.power_loss();
+    let wal = Wal::open_with_io(io, "/a/b/data", c).unwrap();
+    assert_eq!(read_all(&wal), vec![(1, b"x".to_vec())]);
+}
+
+#[test]
+fn concurrent_appenders_get_unique_gap_free_lsns() {
+    for env in backends() {
+        let wal = std::sync::Arc::new(env.open(&config(FsyncPolicy::Always, 1 << 16)));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let wal = wal.clone();
+                std::thread::spawn(move || {
+                    (0..200)
+                        .map(|i| wal.append(entry(&value(t * 1000 + i, 40))).unwrap())
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        all.sort();
+        assert_eq!(all, (1..=1600).collect::<Vec<_>>());
+        assert_eq!(wal.durable_lsn(), 1600);
+        let stats = wal.stats();
+        assert!(stats.fsyncs <= 1600, "{stats:?}");
+        assert_eq!(read_all(&wal).len(), 1600);
+    }
+}
