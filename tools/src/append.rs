@@ -6,15 +6,15 @@
 
 use crate::{is_broken_pipe, CmdResult, Failure};
 use seglog::wal::{Entry, FsyncPolicy, Wal, WalConfig};
-use std::io::{BufRead, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
 /// Appends stdin's lines to the log in `dir`.
-pub fn run(
+pub fn run<R: Read>(
     dir: &Path,
     config: WalConfig,
     key_sep: Option<u8>,
-    input: &mut dyn BufRead,
+    input: &mut BufReader<R>,
     out: &mut dyn Write,
 ) -> CmdResult {
     let policy = config.fsync;
@@ -51,12 +51,9 @@ pub fn run(
             key,
             value,
         })?);
-        // Acknowledge once no further complete line is already waiting.
-        if !input
-            .fill_buf()
-            .map(|b| b.contains(&b'\n'))
-            .unwrap_or(false)
-        {
+        // Acknowledge once no further complete line is already buffered. `buffer()` looks
+        // without reading: a producer that waits for its LSN must get it now.
+        if !input.buffer().contains(&b'\n') {
             out_open = acknowledge(&wal, policy, &mut unacked, out, out_open)?;
         }
     }

@@ -140,7 +140,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             to,
             json,
         } => dump::run(&dir, from, to, json, &mut stdout.lock()),
-        Cmd::Verify { dir } => inspect::verify(&dir, &mut stdout.lock()),
+        Cmd::Verify { dir } => {
+            let r = inspect::verify(&dir, &mut stdout.lock());
+            if let Err(Failure::Check(m)) = &r {
+                // verify's verdict goes where its summary line would have gone.
+                println!("FAILED: {m}");
+            }
+            r
+        }
         Cmd::Inspect { dir } => {
             let (c, origin) = load_config(&cli.config)?;
             inspect::inspect(&dir, &c, &origin, &mut stdout.lock())
@@ -193,10 +200,6 @@ fn main() -> ExitCode {
                 Failure::Error(_) => "error",
             };
             eprintln!("walctl: {label}: {f}");
-            if let Failure::Check(m) = &f {
-                // The reason also goes to stdout, where verify's summary line would be.
-                println!("FAILED: {m}");
-            }
             ExitCode::from(f.exit_code())
         }
     }
