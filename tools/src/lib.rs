@@ -3,6 +3,7 @@
 
 pub mod append;
 pub mod bench;
+pub mod demo;
 pub mod dump;
 pub mod inspect;
 pub mod output;

@@ -192,7 +192,7 @@ impl LogView {
                 }
             }
             let file = io.open_read(path).map_err(|e| Error::io("open", path, e))?;
-            let file_len = file.len().map_err(|e| Error::io("stat", path, e))?;
+            let file_len = file.file_len().map_err(|e| Error::io("stat", path, e))?;
             if i + 1 < count {
                 match read_footer_at_end(&*file, path, file_len)? {
                     Some(footer) if footer.first_lsn == *lsn => {

@@ -31,7 +31,7 @@ pub trait IoFile: Send + Sync {
     /// Sets the file length.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Current file length.
-    fn len(&self) -> io::Result<u64>;
+    fn file_len(&self) -> io::Result<u64>;
     /// Reserves `[offset, offset+len)` on disk (fallocate). `ErrorKind::Unsupported` when the
     /// file system refuses; the caller then writes zeros instead.
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()>;
@@ -112,7 +112,7 @@ impl IoFile for StdFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
     }
-    fn len(&self) -> io::Result<u64> {
+    fn file_len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {

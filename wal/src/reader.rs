@@ -66,7 +66,7 @@ impl SegmentCursor {
         let mut hdr = [0u8; HEADER_LEN];
         let n = read_full(&*file, &mut hdr, 0).map_err(|e| Error::io("read", path, e))?;
         let header = SegmentHeader::decode(&hdr[..n], path)?;
-        let known_len = file.len().map_err(|e| Error::io("stat", path, e))?;
+        let known_len = file.file_len().map_err(|e| Error::io("stat", path, e))?;
         if header.first_lsn != name_lsn {
             return Err(Error::corrupt(
                 path,
@@ -132,7 +132,7 @@ impl SegmentCursor {
             if n == 0 {
                 self.known_len = self
                     .file
-                    .len()
+                    .file_len()
                     .map_err(|e| Error::io("stat", &self.path, e))?;
                 break;
             }
@@ -222,7 +222,7 @@ impl SegmentCursor {
     pub fn probe_valid_after(&self, from: u64, after_lsn: u64) -> Result<Option<u64>> {
         let len = self
             .file
-            .len()
+            .file_len()
             .map_err(|e| Error::io("stat", &self.path, e))?;
         let mut off = (from + FRAME_ALIGN as u64) & !(FRAME_ALIGN as u64 - 1);
         let mut chunk = vec![0u8; READ_CHUNK + (1 << 16)];

@@ -508,7 +508,10 @@ impl Wal {
         let Some(a) = g.active.as_ref() else {
             return Ok(());
         };
-        let file_len = a.file.len().map_err(|e| Error::io("stat", &*a.path, e))?;
+        let file_len = a
+            .file
+            .file_len()
+            .map_err(|e| Error::io("stat", &*a.path, e))?;
         let marker = ClosedMarker {
             last_lsn: last,
             segment_first_lsn: a.first_lsn,

@@ -5,7 +5,7 @@
 use clap::{Parser, Subcommand};
 use seglog::wal::{parse_size, FsyncPolicy, WalConfig};
 use seglog::Config;
-use seglog_tools::{append, bench, dump, error_chain, inspect, Failure};
+use seglog_tools::{append, bench, demo, dump, error_chain, inspect, Failure};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -61,6 +61,12 @@ enum Cmd {
     /// Table of segments and the config in force.
     Inspect {
         /// Data directory.
+        dir: PathBuf,
+    },
+    /// Append sample records to a data directory, verify it and run a short benchmark.
+    Demo {
+        /// Data directory (created if missing).
+        #[arg(long, default_value = "seglog-data")]
         dir: PathBuf,
     },
     /// Measure appends (and replay) against physical baselines in the same run.
@@ -133,6 +139,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let stdin = std::io::stdin();
             let mut input = std::io::BufReader::with_capacity(1 << 16, stdin.lock());
             append::run(&dir, c, sep, &mut input, &mut stdout.lock())
+        }
+        Cmd::Demo { dir } => {
+            let (c, _) = load_config(&cli.config)?;
+            demo::run(&dir, c, &mut stdout.lock())
         }
         Cmd::Dump {
             dir,
