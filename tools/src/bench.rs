@@ -512,3 +512,225 @@ pub fn run(opts: &BenchOptions, out: &mut dyn Write) -> CmdResult {
     }
     Ok(())
 }
+
+/// One target of issue 2's benchmark list, measured `runs` times.
+#[derive(Debug, Clone)]
+pub struct TargetRow {
+    /// What is measured.
+    pub name: &'static str,
+    /// The figure per run (appends/s or MB/s).
+    pub values: Vec<f64>,
+    /// The same-run baseline per run.
+    pub baselines: Vec<f64>,
+    /// What the baseline is.
+    pub baseline_what: &'static str,
+    /// Required ratio (figure / baseline) or absolute figure.
+    pub target: Target,
+}
+
+/// A target: a minimum ratio to the same-run baseline, or a minimum absolute figure.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// figure / baseline at least this.
+    Ratio(f64),
+    /// figure at least this.
+    Absolute(f64),
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        0.0
+    } else {
+        s[s.len() / 2]
+    }
+}
+
+impl TargetRow {
+    /// Median of the per-run ratios (figure / same-run baseline).
+    pub fn median_ratio(&self) -> f64 {
+        let r: Vec<f64> = self
+            .values
+            .iter()
+            .zip(&self.baselines)
+            .map(|(a, b)| ratio(*a, *b))
+            .collect();
+        median(&r)
+    }
+    /// True when the median meets the target.
+    pub fn met(&self) -> bool {
+        match self.target {
+            Target::Ratio(x) => self.median_ratio() >= x,
+            Target::Absolute(x) => median(&self.values) >= x,
+        }
+    }
+}
+
+fn opts(
+    dir: &Path,
+    fsync: FsyncPolicy,
+    writers: usize,
+    record_size: usize,
+    records: u64,
+) -> BenchOptions {
+    BenchOptions {
+        fsync,
+        interval_ms: 10,
+        writers,
+        record_size,
+        records,
+        dir: dir.to_path_buf(),
+        segment_size: 64 << 20,
+        replay: false,
+        json: false,
+    }
+}
+
+/// Runs every target `runs` times, each repetition measuring its baselines in the same run.
+pub fn measure_targets(
+    dir: &Path,
+    runs: usize,
+    replay_bytes: u64,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<TargetRow>, Failure> {
+    fs::create_dir_all(dir).map_err(|e| err("create bench directory", e))?;
+    let wal_dir = dir.join("wal");
+    let base = dir.join("baseline.dat");
+    // Clears the log of the previous phase and lets the disk settle (writeback of earlier
+    // phases, extent freeing) so that no phase pays for the one before.
+    let fresh = |p: &Path| -> Result<(), Failure> {
+        if p.exists() {
+            fs::remove_dir_all(p).map_err(|e| err("clear bench directory", e))?;
+        }
+        // SAFETY: sync() takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        Ok(())
+    };
+    let mut rows = vec![
+        TargetRow {
+            name: "always, 1 writer, 1 KiB: appends/s",
+            values: vec![],
+            baselines: vec![],
+            baseline_what: "pwrite+fdatasync of 1 KiB into a written file, /s",
+            target: Target::Ratio(0.9),
+        },
+        TargetRow {
+            name: "always, 64 writers, 1 KiB: appends/s",
+            values: vec![],
+            baselines: vec![],
+            baseline_what: "seglog always, 1 writer, same run, appends/s",
+            target: Target::Ratio(10.0),
+        },
+        TargetRow {
+            name: "batch 10 ms, 4 writers, 1 KiB: appends/s",
+            values: vec![],
+            baselines: vec![],
+            baseline_what: "1 MiB sequential pwrite, records/s equivalent",
+            target: Target::Absolute(500_000.0),
+        },
+        TargetRow {
+            name: "never, 1 writer, 100 B: appends/s",
+            values: vec![],
+            baselines: vec![],
+            baseline_what: "1 MiB sequential pwrite, records/s equivalent",
+            target: Target::Absolute(5_000_000.0),
+        },
+        TargetRow {
+            name: "replay: MB/s",
+            values: vec![],
+            baselines: vec![],
+            baseline_what: "raw 1 MiB sequential read of the same files, MB/s",
+            target: Target::Ratio(0.8),
+        },
+    ];
+    let replay_records = replay_bytes / (seglog::wal::format::frame_size(0, 1024) as u64);
+    for run in 1..=runs {
+        progress(&format!("run {run}/{runs}: always x1"));
+        fresh(&wal_dir)?;
+        let b = baseline_fdatasync(&base, 1024 + 32, 3000)?;
+        let a1 = run_appends(&wal_dir, &opts(dir, FsyncPolicy::Always, 1, 1024, 3000))?;
+        rows[0].values.push(a1.appends_per_sec);
+        rows[0].baselines.push(b.ops_per_sec);
+
+        progress(&format!("run {run}/{runs}: always x64"));
+        fresh(&wal_dir)?;
+        let a64 = run_appends(&wal_dir, &opts(dir, FsyncPolicy::Always, 64, 1024, 128_000))?;
+        rows[1].values.push(a64.appends_per_sec);
+        rows[1].baselines.push(a1.appends_per_sec);
+
+        progress(&format!("run {run}/{runs}: batch x4"));
+        fresh(&wal_dir)?;
+        let n = 2_000_000;
+        let bb = baseline_buffered(
+            &base,
+            n * seglog::wal::format::frame_size(0, 1024) as u64,
+            seglog::wal::format::frame_size(0, 1024),
+        )?;
+        let ab = run_appends(&wal_dir, &opts(dir, FsyncPolicy::Batch, 4, 1024, n))?;
+        rows[2].values.push(ab.appends_per_sec);
+        rows[2].baselines.push(bb.ops_per_sec);
+
+        progress(&format!("run {run}/{runs}: never x1"));
+        fresh(&wal_dir)?;
+        let n = 10_000_000;
+        let bn = baseline_buffered(
+            &base,
+            n * seglog::wal::format::frame_size(0, 100) as u64,
+            seglog::wal::format::frame_size(0, 100),
+        )?;
+        let an = run_appends(&wal_dir, &opts(dir, FsyncPolicy::Never, 1, 100, n))?;
+        rows[3].values.push(an.appends_per_sec);
+        rows[3].baselines.push(bn.ops_per_sec);
+
+        progress(&format!("run {run}/{runs}: replay"));
+        fresh(&wal_dir)?;
+        run_appends(
+            &wal_dir,
+            &opts(dir, FsyncPolicy::Never, 1, 1024, replay_records),
+        )?;
+        let r = run_replay(&wal_dir)?;
+        rows[4].values.push(r.mb_per_sec);
+        rows[4].baselines.push(r.raw_mb_per_sec);
+    }
+    fresh(&wal_dir)?;
+    Ok(rows)
+}
+
+/// Prints the targets table (Markdown, ready for docs/benchmarks.md).
+pub fn print_targets(rows: &[TargetRow], cold: bool, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "page cache before replay: {}",
+        if cold {
+            "dropped (cold)"
+        } else {
+            "not droppable here (warm)"
+        }
+    )?;
+    writeln!(
+        out,
+        "| figure | runs | median | same-run baseline (median) | median ratio | target | met |"
+    )?;
+    writeln!(out, "|---|---|---:|---:|---:|---|---|")?;
+    for r in rows {
+        let runs: Vec<String> = r.values.iter().map(|v| format!("{v:.0}")).collect();
+        let target = match r.target {
+            Target::Ratio(x) => format!(">= {x}x"),
+            Target::Absolute(x) => format!(">= {x:.0}"),
+        };
+        writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.0} ({}) | {:.2}x | {} | {} |",
+            r.name,
+            runs.join(", "),
+            median(&r.values),
+            median(&r.baselines),
+            r.baseline_what,
+            r.median_ratio(),
+            target,
+            if r.met() { "yes" } else { "NO" }
+        )?;
+    }
+    Ok(())
+}

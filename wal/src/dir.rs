@@ -255,7 +255,14 @@ impl LogView {
                 }
                 None => None,
             };
-            let scan = reader::scan_tail(&mut cursor, clean_end)?;
+            let mut scan = reader::scan_tail(&mut cursor, clean_end)?;
+            if clean_end.is_none() && matches!(scan.state, TailState::Corrupt { .. }) {
+                // A writer may be appending right now: a frame read while it was being copied
+                // looks bad while later, finished frames look valid. The writer only appends, so
+                // such a frame checks out when read again; real damage does not.
+                cursor = SegmentCursor::open(&*io, path, *lsn)?;
+                scan = reader::scan_tail(&mut cursor, None)?;
+            }
             self.push_tail(path, &cursor, file_len, &scan);
             if self.closed.is_some() && scan.state == TailState::Clean && scan.footer.is_none() {
                 // Closed cleanly: the preallocated space after the records must be all zeros.

@@ -104,6 +104,15 @@ pub enum Error {
         max: usize,
     },
 
+    /// An LSN that has not been appended yet was passed to `wait_durable`.
+    #[error("LSN {lsn} has not been appended (the last is {last})")]
+    LsnNotAppended {
+        /// The LSN asked for.
+        lsn: u64,
+        /// The last LSN appended.
+        last: u64,
+    },
+
     /// An empty batch was passed to `append_batch`.
     #[error("append_batch needs at least one record")]
     EmptyBatch,

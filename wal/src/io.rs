@@ -35,6 +35,9 @@ pub trait IoFile: Send + Sync {
     /// Reserves `[offset, offset+len)` on disk (fallocate). `ErrorKind::Unsupported` when the
     /// file system refuses; the caller then writes zeros instead.
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Hints that `[offset, offset+len)` will be read soon, so the OS starts reading it while
+    /// the caller works on what it has (posix_fadvise WILLNEED). The default does nothing.
+    fn prefetch(&self, _offset: u64, _len: u64) {}
     /// Hints that `[offset, offset+len)` may be written back now (sync_file_range WRITE).
     /// Durability is not implied. The default does nothing.
     fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
@@ -135,6 +138,14 @@ impl IoFile for StdFile {
             }
             _ => Err(err),
         }
+    }
+    fn prefetch(&self, offset: u64, len: u64) {
+        let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return;
+        };
+        // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open.
+        // A hint: its result changes nothing about correctness.
+        unsafe { libc::posix_fadvise(self.file.as_raw_fd(), off, l, libc::POSIX_FADV_WILLNEED) };
     }
     fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
         let (Ok(off), Ok(l)) = (

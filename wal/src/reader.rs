@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 /// Sequential read size.
 pub const READ_CHUNK: usize = 1 << 20;
+/// How far past the current chunk a cursor asks the OS to read ahead.
+pub const PREFETCH_BYTES: u64 = 4 << 20;
 
 /// One step of a [`SegmentCursor`].
 #[derive(Debug)]
@@ -121,6 +123,9 @@ impl SegmentCursor {
         self.buf_off += self.pos as u64;
         self.pos = 0;
         let want = need.max(READ_CHUNK);
+        // Ask for the chunks after this one now, so the disk reads them while we parse.
+        let ahead = self.buf_off + (self.buf.len() + want) as u64;
+        self.file.prefetch(ahead, PREFETCH_BYTES);
         while self.buf.len() < need {
             let start = self.buf.len();
             self.buf.resize(start.max(want), 0);
@@ -159,20 +164,8 @@ impl SegmentCursor {
             let max_frame = self.room();
             match format::decode_frame(&self.buf[self.pos..], max_frame) {
                 Frame::Incomplete { need: n } => {
-                    if avail >= n {
-                        // Cannot happen: decode only asks for more than it was given.
-                        return Ok(Step::Bad {
-                            offset,
-                            reason: "frame decoder asked for bytes it had".into(),
-                        });
-                    }
-                    if avail == self.buf.len() - self.pos && n <= need {
-                        return Ok(Step::Bad {
-                            offset,
-                            reason: "file ends inside a frame".into(),
-                        });
-                    }
-                    if self.fill(n)? < n {
+                    // `fill(need)` already gave all the file had when `n <= need`.
+                    if n <= need || self.fill(n)? < n {
                         return Ok(Step::Bad {
                             offset,
                             reason: "file ends inside a frame".into(),

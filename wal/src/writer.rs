@@ -397,12 +397,9 @@ impl Wal {
         let s = &*self.shared;
         let mut g = s.state.lock();
         if lsn >= g.next_lsn {
-            return Err(Error::Config {
-                key: "lsn",
-                message: format!(
-                    "LSN {lsn} has not been appended (last is {})",
-                    g.next_lsn - 1
-                ),
+            return Err(Error::LsnNotAppended {
+                lsn,
+                last: g.next_lsn - 1,
             });
         }
         loop {

@@ -98,6 +98,16 @@ enum Cmd {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// Instead of one measurement, run every target of the benchmark list (docs/benchmarks.md)
+        /// --runs times and print per-run figures, medians and same-run ratios.
+        #[arg(long)]
+        targets: bool,
+        /// Repetitions for --targets.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Size of the log replayed by --targets.
+        #[arg(long, default_value = "1GB", value_parser = parse_size)]
+        replay_size: u64,
     },
 }
 
@@ -163,6 +173,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
             inspect::inspect(&dir, &c, &origin, &mut stdout.lock())
         }
         Cmd::Bench {
+            targets: true,
+            dir,
+            runs,
+            replay_size,
+            ..
+        } => {
+            let cold = bench::drop_caches();
+            let rows = bench::measure_targets(&dir, runs.max(1), replay_size, |m| {
+                eprintln!("walctl bench: {m}")
+            })?;
+            bench::print_targets(&rows, cold, &mut stdout.lock())?;
+            if rows.iter().all(|r| r.met()) {
+                Ok(())
+            } else {
+                Err(Failure::Check("a benchmark target was not met".into()))
+            }
+        }
+        Cmd::Bench {
             fsync,
             interval_ms,
             writers,
@@ -172,6 +200,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             segment_size,
             no_replay,
             json,
+            ..
         } => {
             let records = records.unwrap_or(if fsync == FsyncPolicy::Always {
                 20_000
