@@ -163,7 +163,7 @@ fn replay_64mib(c: &mut Criterion) {
         .throughput(Throughput::Bytes(bytes));
     g.bench_function("seglog_reader", |b| {
         b.iter_batched(
-            || LogView::open(Arc::new(StdIo), &dir).unwrap(),
+            || LogView::open(Arc::new(StdIo::default()), &dir).unwrap(),
             |view| {
                 view.reader(1)
                     .map(|r| r.unwrap().value.len())

@@ -296,7 +296,7 @@ pub fn run_replay(dir: &Path) -> Result<ReplayResult, Failure> {
         raw_read(&files)?;
     }
     let t = Instant::now();
-    let view = LogView::open(Arc::new(StdIo), dir)?;
+    let view = LogView::open(Arc::new(StdIo::default()), dir)?;
     let mut records = 0u64;
     let mut sum = 0u64;
     for r in view.reader(1) {

@@ -15,7 +15,7 @@ pub fn run(dir: &Path, from: u64, to: u64, json: bool, out: &mut dyn Write) -> C
             dir.display()
         )));
     }
-    let (view, problem) = LogView::open_prefix(Arc::new(StdIo), dir)?;
+    let (view, problem) = LogView::open_prefix(Arc::new(StdIo::default()), dir)?;
     let mut failure = problem.map(Failure::from);
     if failure.is_none() {
         if let (TailState::Corrupt { offset, reason }, Some(last)) =

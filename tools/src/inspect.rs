@@ -24,7 +24,7 @@ pub fn verify(dir: &Path, out: &mut dyn Write) -> CmdResult {
             dir.display()
         )));
     }
-    let view = LogView::open(Arc::new(StdIo), dir)?;
+    let view = LogView::open(Arc::new(StdIo::default()), dir)?;
     let records = view.verify_records()?;
     let range = if records == 0 {
         "empty log".to_string()
@@ -55,7 +55,7 @@ pub fn inspect(
             dir.display()
         )));
     }
-    let (view, problem) = LogView::open_prefix(Arc::new(StdIo), dir)?;
+    let (view, problem) = LogView::open_prefix(Arc::new(StdIo::default()), dir)?;
     writeln!(out, "data directory: {}", dir.display())?;
     writeln!(
         out,

@@ -7,12 +7,20 @@ use common::*;
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 
-fn crash_rounds(policy: &str, segment_size: &str, base_rounds: u64) {
-    let seed = seed(&format!("crash_{policy}"));
+/// `io`: `std`, `io_uring` or `io_uring+direct`.
+fn crash_rounds(policy: &str, io: &str, base_rounds: u64) {
+    let seed = seed(&format!("crash_{policy}_{io}"));
     let mut rng = Rng(seed);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let config = small_segments_config(tmp.path(), segment_size);
+    let (backend, direct) = match io.split_once('+') {
+        Some((b, _)) => (b, true),
+        None => (io, false),
+    };
+    let config = config_file(
+        tmp.path(),
+        &format!("segment_size = \"64KB\"\nio = \"{backend}\"\ndirect_io = {direct}"),
+    );
     // Values of the recovered log so far, by LSN - 1.
     let mut log: Vec<String> = Vec::new();
     for round in 0..rounds(base_rounds) {
@@ -141,14 +149,34 @@ fn crash_rounds(policy: &str, segment_size: &str, base_rounds: u64) {
     );
 }
 
+fn io_uring_here() -> bool {
+    let ok = seglog::wal::uring::probe().is_ok();
+    if !ok {
+        eprintln!("io_uring unavailable here: its crash rounds are skipped");
+    }
+    ok
+}
+
 #[test]
 fn sigkill_never_loses_an_acknowledged_always_append() {
-    crash_rounds("always", "64KB", 25);
+    crash_rounds("always", "std", 20);
+}
+
+#[test]
+fn sigkill_never_loses_an_acknowledged_always_append_on_io_uring() {
+    if io_uring_here() {
+        crash_rounds("always", "io_uring", 20);
+        crash_rounds("always", "io_uring+direct", 10);
+    }
 }
 
 #[test]
 fn sigkill_never_loses_a_printed_lsn_under_batch_and_never() {
     // Printed means durable (batch) or handed to the OS (never): both survive a process kill.
-    crash_rounds("batch", "64KB", 8);
-    crash_rounds("never", "64KB", 8);
+    crash_rounds("batch", "std", 8);
+    crash_rounds("never", "std", 8);
+    if io_uring_here() {
+        crash_rounds("batch", "io_uring", 8);
+        crash_rounds("never", "io_uring+direct", 8);
+    }
 }

@@ -54,6 +54,35 @@ impl std::str::FromStr for FsyncPolicy {
     }
 }
 
+/// Which I/O backend writes the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoChoice {
+    /// Probe io_uring at open; fall back to `std` (with one warning naming the reason) when it
+    /// cannot be set up. Picks, per fsync policy, the backend that measured faster here
+    /// (docs/benchmarks.md).
+    #[default]
+    Auto,
+    /// io_uring; opening fails when it cannot be set up.
+    IoUring,
+    /// Portable `pwrite`/`fdatasync`.
+    Std,
+}
+
+impl std::str::FromStr for IoChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(IoChoice::Auto),
+            "io_uring" => Ok(IoChoice::IoUring),
+            "std" => Ok(IoChoice::Std),
+            other => Err(format!(
+                "unknown io backend {other:?}: expected auto, io_uring or std"
+            )),
+        }
+    }
+}
+
 /// What recovery does with a damaged last segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -94,6 +123,12 @@ pub struct WalConfig {
     pub preallocate: bool,
     /// `recovery`: `"strict"` or `"tail-tolerant"`. Default `"strict"`.
     pub recovery: RecoveryMode,
+    /// `io`: `"auto"`, `"io_uring"` or `"std"`. Default `"auto"`.
+    pub io: IoChoice,
+    /// `direct_io`: write the active segment with O_DIRECT (aligned 4 KiB blocks, the partial
+    /// last block rewritten from memory). Opening fails with a clear error where the file
+    /// system refuses O_DIRECT (tmpfs does). Default false.
+    pub direct_io: bool,
 }
 
 impl Default for WalConfig {
@@ -106,6 +141,8 @@ impl Default for WalConfig {
             max_size_bytes: 20 << 30,
             preallocate: true,
             recovery: RecoveryMode::Strict,
+            io: IoChoice::Auto,
+            direct_io: false,
         }
     }
 }

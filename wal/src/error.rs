@@ -113,6 +113,15 @@ pub enum Error {
         last: u64,
     },
 
+    /// `[wal] io = "io_uring"` but io_uring cannot be set up here.
+    #[error(
+        "io_uring was asked for ([wal] io = \"io_uring\") but cannot be set up here: {reason}"
+    )]
+    IoUringUnavailable {
+        /// Why (ENOSYS on old kernels, EPERM under seccomp or io_uring_disabled, ...).
+        reason: String,
+    },
+
     /// An empty batch was passed to `append_batch`.
     #[error("append_batch needs at least one record")]
     EmptyBatch,

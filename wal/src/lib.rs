@@ -8,7 +8,8 @@
 //!
 //! Modules, one job each:
 //! - [`format`]: bytes on disk (header, frame, footer, marker); pure encode/decode.
-//! - [`io`]: the narrow I/O trait and the std backend; [`sim`]: the fault-injecting test backend.
+//! - [`io`]: the narrow I/O trait, the std backend and backend selection; [`uring`]: the
+//!   io_uring backend; [`direct`]: O_DIRECT alignment; [`sim`]: the fault-injecting test backend.
 //! - [`reader`]: segment cursor, tail decision table, [`WalReader`].
 //! - [`dir`]: the data directory and its read-only [`LogView`].
 //! - [`writer`]: [`Wal`]: appends, group commit, rolls, flusher, poisoning, recovery.
@@ -18,15 +19,17 @@
 
 pub mod config;
 pub mod dir;
+pub mod direct;
 pub mod error;
 pub mod format;
 pub mod io;
 pub mod reader;
 pub mod sim;
+pub mod uring;
 pub mod writer;
 
 pub use config::{
-    parse_duration_secs, parse_size, Durability, FsyncPolicy, RecoveryMode, WalConfig,
+    parse_duration_secs, parse_size, Durability, FsyncPolicy, IoChoice, RecoveryMode, WalConfig,
 };
 pub use dir::{LogView, SegmentInfo};
 pub use error::{Error, Result};

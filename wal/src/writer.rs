@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::format::{
     self, ClosedMarker, Entry, SegmentFooter, SegmentHeader, FOOTER_LEN, HEADER_LEN, MAX_KEY_LEN,
 };
-use crate::io::{create_dir_durable, DirLock, Io, IoFile, LockOutcome, StdIo};
+use crate::io::{create_dir_durable, DirLock, Io, IoFile, LockOutcome};
 use crate::reader::{self, LiveLimit, LiveSource, TailState, WalReader};
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use std::io;
@@ -206,7 +206,8 @@ fn nanos(since: Instant) -> u64 {
 impl Wal {
     /// Opens (creating if needed) the log in `dir` on the std backend.
     pub fn open(dir: impl AsRef<Path>, config: WalConfig) -> Result<Wal> {
-        Self::open_with_io(Arc::new(StdIo), dir, config)
+        let io = crate::io::open_backend(&config)?;
+        Self::open_with_io(io, dir, config)
     }
 
     /// Opens the log in `dir` on the given I/O backend, recovering it first: a torn tail is cut
@@ -724,8 +725,10 @@ impl Shared {
                     cause: cause.clone(),
                 });
             }
-            self.write_step(g);
-            if need == Need::Durable || self.durability == Durability::Always {
+            let sync = need == Need::Durable || self.durability == Durability::Always;
+            // With data to write, one call writes and syncs (io_uring links the two); else
+            // sync what earlier rounds wrote.
+            if !self.write_step(g, sync) && sync {
                 self.sync_step(g);
             }
             self.notify_ack();
@@ -764,11 +767,14 @@ impl Shared {
         r
     }
 
-    /// Writes all of `pending`.
-    fn write_step(&self, g: &mut MutexGuard<'_, State>) {
-        let Some(a) = g.active.as_ref() else { return };
+    /// Writes all of `pending`, and with `sync` makes it (and everything written before it)
+    /// durable in the same call. Returns false when there was nothing to write.
+    fn write_step(&self, g: &mut MutexGuard<'_, State>, sync: bool) -> bool {
+        let Some(a) = g.active.as_ref() else {
+            return false;
+        };
         if g.pending.is_empty() || g.poisoned.is_some() {
-            return;
+            return false;
         }
         let file = a.file.clone();
         let path = a.path.clone();
@@ -777,16 +783,32 @@ impl Shared {
         let fresh = std::mem::take(&mut g.spare_buf);
         let mut buf = std::mem::replace(&mut g.pending, fresh);
         let t = Instant::now();
-        let r = self.unlocked_io(g, || file.write_at(&buf, offset));
+        let r = self.unlocked_io(g, || {
+            if sync {
+                file.write_and_sync(&buf, offset)
+            } else {
+                file.write_at(&buf, offset)
+            }
+        });
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .write_nanos
-            .fetch_add(nanos(t), Ordering::Relaxed);
+        if sync {
+            self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .fsync_nanos
+                .fetch_add(nanos(t), Ordering::Relaxed);
+        } else {
+            self.counters
+                .write_nanos
+                .fetch_add(nanos(t), Ordering::Relaxed);
+        }
         match r {
             Ok(()) => {
                 g.written_lsn = last;
                 self.written.store(last, Ordering::Release);
-                if self.durability != Durability::Always {
+                if sync {
+                    g.durable_lsn = last;
+                    self.durable.store(last, Ordering::Release);
+                } else if self.durability != Durability::Always {
                     // Start write-back now so the fsync at seal (or the next batch fsync)
                     // finds little left to do. A hint: its failure loses nothing.
                     if let Err(e) = file.start_writeback(offset, buf.len() as u64) {
@@ -794,12 +816,16 @@ impl Shared {
                     }
                 }
             }
-            Err(e) => self.poison(g, &Error::io("write", &*path, e)),
+            Err(e) => self.poison(
+                g,
+                &Error::io(if sync { "write+fdatasync" } else { "write" }, &*path, e),
+            ),
         }
         buf.clear();
         if buf.capacity() <= 4 * WRITE_BUFFER_BYTES {
             g.spare_buf = buf;
         }
+        true
     }
 
     /// fdatasyncs the active segment, covering everything written before it started.

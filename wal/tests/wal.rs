@@ -300,3 +300,73 @@ fn concurrent_appenders_get_unique_gap_free_lsns() {
         assert_eq!(read_all(&wal).len(), 1600);
     }
 }
+
+#[test]
+fn auto_falls_back_to_std_when_io_uring_cannot_be_set_up() {
+    use seglog_wal::io::open_backend_with;
+    use seglog_wal::IoChoice;
+    let refused = || Err(std::io::Error::from_raw_os_error(libc::ENOSYS));
+    let auto = seglog_wal::WalConfig {
+        io: IoChoice::Auto,
+        ..seglog_wal::WalConfig::default()
+    };
+    assert_eq!(open_backend_with(&auto, refused).unwrap().name(), "std");
+    let forced = seglog_wal::WalConfig {
+        io: IoChoice::IoUring,
+        ..seglog_wal::WalConfig::default()
+    };
+    let err = open_backend_with(&forced, refused)
+        .err()
+        .expect("an explicit io_uring that cannot be set up is an error");
+    assert!(matches!(err, Error::IoUringUnavailable { .. }), "{err}");
+    assert!(err.to_string().contains("io_uring"), "{err}");
+    let std = seglog_wal::WalConfig {
+        io: IoChoice::Std,
+        direct_io: true,
+        ..seglog_wal::WalConfig::default()
+    };
+    assert_eq!(
+        open_backend_with(&std, refused).unwrap().name(),
+        "std+direct"
+    );
+    // And a log opened on the fallback works.
+    let tmp = tempfile::tempdir().unwrap();
+    let io = open_backend_with(&auto, refused).unwrap();
+    let wal = Wal::open_with_io(io, tmp.path(), config(FsyncPolicy::Always, 1 << 16)).unwrap();
+    assert_eq!(wal.append(entry(b"x")).unwrap(), 1);
+    assert_eq!(wal.stats().backend, "std");
+}
+
+#[test]
+fn direct_io_refusal_is_a_clear_error_and_tmpfs_either_refuses_or_works() {
+    // What a file system that refuses O_DIRECT answers to open(2): EINVAL.
+    let e = seglog_wal::direct::refused(
+        std::path::Path::new("/x/seg"),
+        std::io::Error::from_raw_os_error(libc::EINVAL),
+    );
+    assert!(
+        e.to_string().contains("refuses O_DIRECT") && e.to_string().contains("direct_io = false"),
+        "{e}"
+    );
+    // tmpfs refused O_DIRECT before Linux 6.6 and accepts it since: either way the outcome must
+    // be a clear error or a working log.
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        return;
+    }
+    let tmp = tempfile::tempdir_in(shm).unwrap();
+    let c = seglog_wal::WalConfig {
+        io: seglog_wal::IoChoice::Std,
+        direct_io: true,
+        ..config(FsyncPolicy::Always, 1 << 16)
+    };
+    match Wal::open(tmp.path().join("d"), c) {
+        Err(err) => assert!(err.to_string().contains("O_DIRECT"), "{err}"),
+        Ok(wal) => {
+            for i in 1..=50u64 {
+                wal.append(entry(&value(i, 77))).unwrap();
+            }
+            assert_eq!(read_all(&wal).len(), 50);
+        }
+    }
+}

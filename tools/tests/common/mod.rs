@@ -78,3 +78,10 @@ pub fn parse_dump(out: &[u8]) -> Vec<(u64, String)> {
         })
         .collect()
 }
+
+/// Writes a config file whose `[wal]` section holds `lines` and returns its path.
+pub fn config_file(dir: &Path, lines: &str) -> PathBuf {
+    let p = dir.join("seglog.toml");
+    std::fs::write(&p, format!("[wal]\n{lines}\n")).expect("write config");
+    p
+}

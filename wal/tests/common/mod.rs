@@ -24,7 +24,7 @@ pub fn backends() -> Vec<Env> {
     vec![
         Env {
             name: "std",
-            io: Arc::new(StdIo),
+            io: Arc::new(StdIo::default()),
             sim: None,
             dir,
             _tmp: Some(tmp),
