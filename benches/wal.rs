@@ -9,10 +9,13 @@
 //! - `replay_64mib`: reading a 64 MiB log through the reader vs raw 1 MiB reads of its files
 //!   (warm page cache).
 //!
+//! - `backend_always_1k` / `backend_never_1k`: the same append on the std and the io_uring backend
+//!   (each buffered and O_DIRECT). The full backend matrix is `walctl bench --matrix`.
+//!
 //! `walctl bench` measures the same things with latency percentiles and cold caches.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use seglog::wal::{Entry, FsyncPolicy, LogView, StdIo, Wal, WalConfig};
+use seglog::wal::{Entry, FsyncPolicy, IoChoice, LogView, StdIo, Wal, WalConfig};
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;

@@ -40,6 +40,10 @@ pub struct BenchOptions {
     pub replay: bool,
     /// Print JSON instead of a table.
     pub json: bool,
+    /// I/O backend of the WAL under test.
+    pub io: seglog::wal::IoChoice,
+    /// O_DIRECT for the active segment.
+    pub direct: bool,
 }
 
 /// Latency percentiles in microseconds.
@@ -77,6 +81,8 @@ pub struct AppendResult {
     pub latency: Latency,
     /// fdatasyncs issued.
     pub fsyncs: u64,
+    /// The backend that ran it.
+    pub backend: &'static str,
 }
 
 /// Result of the raw baseline for appends.
@@ -105,6 +111,8 @@ pub struct ReplayResult {
     pub raw_mb_per_sec: f64,
     /// True when the page cache was dropped before each read.
     pub cold: bool,
+    /// Raw sequential read of the same files through io_uring, 4 reads of 1 MiB in flight, MB/s.
+    pub uring_raw_mb_per_sec: Option<f64>,
 }
 
 fn err(what: &str, e: impl std::fmt::Display) -> Failure {
@@ -209,6 +217,8 @@ pub fn run_appends(dir: &Path, opts: &BenchOptions) -> Result<AppendResult, Fail
         fsync: opts.fsync,
         fsync_interval_ms: opts.interval_ms,
         segment_size_bytes: opts.segment_size,
+        io: opts.io,
+        direct_io: opts.direct,
         ..WalConfig::default()
     };
     let wal = Wal::open(dir, config)?;
@@ -262,13 +272,14 @@ pub fn run_appends(dir: &Path, opts: &BenchOptions) -> Result<AppendResult, Fail
         }
         Ok((all, t0.elapsed().as_secs_f64()))
     })?;
-    let fsyncs = wal.stats().fsyncs;
+    let stats = wal.stats();
     wal.close()?;
     Ok(AppendResult {
         appends_per_sec: total as f64 / secs,
         mb_per_sec: (total * opts.record_size as u64) as f64 / secs / 1e6,
         latency: percentiles(lats),
-        fsyncs,
+        fsyncs: stats.fsyncs,
+        backend: stats.backend,
     })
 }
 
@@ -312,13 +323,77 @@ pub fn run_replay(dir: &Path) -> Result<ReplayResult, Failure> {
     let t = Instant::now();
     raw_read(&files)?;
     let raw_secs = t.elapsed().as_secs_f64();
+    if cold {
+        drop_caches();
+    }
+    let t = Instant::now();
+    let uring_raw_mb_per_sec = match uring_read(&files, 4) {
+        Ok(_) => Some(bytes as f64 / t.elapsed().as_secs_f64() / 1e6),
+        Err(e) => {
+            tracing::info!(error = %e, "io_uring read not measured");
+            None
+        }
+    };
     Ok(ReplayResult {
         records,
         bytes,
         mb_per_sec: bytes as f64 / replay_secs / 1e6,
         raw_mb_per_sec: bytes as f64 / raw_secs / 1e6,
         cold,
+        uring_raw_mb_per_sec,
     })
+}
+
+/// Reads the files sequentially through io_uring with `depth` 1 MiB reads in flight: the
+/// candidate read path for replay, measured against `pread` + `posix_fadvise`.
+fn uring_read(files: &[PathBuf], depth: usize) -> std::io::Result<u64> {
+    use io_uring::{opcode, types, IoUring};
+    use std::os::unix::io::AsRawFd;
+    const CHUNK: usize = 1 << 20;
+    let mut ring = IoUring::new(depth as u32 * 2)?;
+    let mut bufs: Vec<Vec<u8>> = (0..depth).map(|_| vec![0u8; CHUNK]).collect();
+    let mut total = 0u64;
+    for p in files {
+        let f = File::open(p)?;
+        let len = f.metadata()?.len();
+        let fd = types::Fd(f.as_raw_fd());
+        let mut next = 0u64;
+        let mut in_flight = 0usize;
+        let mut free: Vec<usize> = (0..depth).collect();
+        loop {
+            while next < len {
+                let Some(slot) = free.pop() else { break };
+                let e = opcode::Read::new(fd, bufs[slot].as_mut_ptr(), CHUNK as u32)
+                    .offset(next)
+                    .build()
+                    .user_data(slot as u64);
+                // SAFETY: bufs[slot] is not touched again until its completion is reaped below,
+                // and `bufs` outlives every read (all are reaped before this function returns);
+                // the ring has room for `depth` entries.
+                unsafe { ring.submission().push(&e) }
+                    .map_err(|_| std::io::Error::other("submission queue full"))?;
+                next += CHUNK as u64;
+                in_flight += 1;
+            }
+            if in_flight == 0 {
+                break;
+            }
+            ring.submit_and_wait(1)?;
+            let done: Vec<(u64, i32)> = ring
+                .completion()
+                .map(|c| (c.user_data(), c.result()))
+                .collect();
+            for (slot, res) in done {
+                if res < 0 {
+                    return Err(std::io::Error::from_raw_os_error(-res));
+                }
+                total += res as u64;
+                free.push(slot as usize);
+                in_flight -= 1;
+            }
+        }
+    }
+    Ok(total)
 }
 
 fn raw_read(files: &[PathBuf]) -> Result<u64, Failure> {
@@ -479,6 +554,16 @@ pub fn print_table(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
             p.raw_mb_per_sec,
             ratio(p.mb_per_sec, p.raw_mb_per_sec)
         )?;
+        if let Some(u) = p.uring_raw_mb_per_sec {
+            writeln!(
+                out,
+                "{:<22} {:>14.1} {:>14.1} {:>7.2}x",
+                "io_uring QD4 read MB/s",
+                u,
+                p.raw_mb_per_sec,
+                ratio(u, p.raw_mb_per_sec)
+            )?;
+        }
     }
     Ok(())
 }
@@ -584,6 +669,8 @@ fn opts(
         segment_size: 64 << 20,
         replay: false,
         json: false,
+        io: seglog::wal::IoChoice::Auto,
+        direct: false,
     }
 }
 
@@ -730,6 +817,151 @@ pub fn print_targets(rows: &[TargetRow], cold: bool, out: &mut dyn Write) -> std
             r.median_ratio(),
             target,
             if r.met() { "yes" } else { "NO" }
+        )?;
+    }
+    Ok(())
+}
+
+/// One cell of the backend matrix.
+#[derive(Debug, Clone)]
+pub struct MatrixCell {
+    /// Fsync policy.
+    pub fsync: FsyncPolicy,
+    /// Concurrent appenders.
+    pub writers: usize,
+    /// Value bytes.
+    pub record_size: usize,
+    /// O_DIRECT.
+    pub direct: bool,
+    /// std appends/s, per run.
+    pub std: Vec<f64>,
+    /// io_uring appends/s, per run.
+    pub uring: Vec<f64>,
+}
+
+impl MatrixCell {
+    /// Median io_uring / median std.
+    pub fn ratio(&self) -> f64 {
+        ratio(median(&self.uring), median(&self.std))
+    }
+}
+
+/// Records per cell: enough for a stable rate, bounded in bytes and time.
+fn matrix_records(fsync: FsyncPolicy, writers: usize, size: usize) -> u64 {
+    match fsync {
+        FsyncPolicy::Always => (600 * writers as u64).clamp(1000, 12_000),
+        _ => ((96u64 << 20) / (size as u64 + 32)).min(400_000),
+    }
+}
+
+/// Runs the full backend matrix `runs` times; std and io_uring back to back in each cell,
+/// alternating which goes first.
+pub fn measure_matrix(
+    dir: &Path,
+    runs: usize,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<MatrixCell>, Failure> {
+    fs::create_dir_all(dir).map_err(|e| err("create bench directory", e))?;
+    let wal_dir = dir.join("wal");
+    let mut cells = Vec::new();
+    for fsync in [FsyncPolicy::Always, FsyncPolicy::Batch, FsyncPolicy::Never] {
+        for direct in [false, true] {
+            for writers in [1usize, 4, 16, 64] {
+                for size in [128usize, 1024, 4096] {
+                    cells.push(MatrixCell {
+                        fsync,
+                        writers,
+                        record_size: size,
+                        direct,
+                        std: vec![],
+                        uring: vec![],
+                    });
+                }
+            }
+        }
+    }
+    let total = cells.len();
+    for run in 0..runs {
+        for (i, c) in cells.iter_mut().enumerate() {
+            progress(&format!(
+                "run {}/{runs} cell {}/{total}: {:?} x{} {}B{}",
+                run + 1,
+                i + 1,
+                c.fsync,
+                c.writers,
+                c.record_size,
+                if c.direct { " direct" } else { "" }
+            ));
+            let records = matrix_records(c.fsync, c.writers, c.record_size);
+            let order = if (run + i) % 2 == 0 {
+                [seglog::wal::IoChoice::Std, seglog::wal::IoChoice::IoUring]
+            } else {
+                [seglog::wal::IoChoice::IoUring, seglog::wal::IoChoice::Std]
+            };
+            for io in order {
+                if wal_dir.exists() {
+                    fs::remove_dir_all(&wal_dir).map_err(|e| err("clear bench directory", e))?;
+                }
+                // SAFETY: sync() takes no arguments and cannot fail.
+                unsafe { libc::sync() };
+                let o = BenchOptions {
+                    io,
+                    direct: c.direct,
+                    ..opts(dir, c.fsync, c.writers, c.record_size, records)
+                };
+                let r = run_appends(&wal_dir, &o)?;
+                match io {
+                    seglog::wal::IoChoice::Std => c.std.push(r.appends_per_sec),
+                    _ => c.uring.push(r.appends_per_sec),
+                }
+            }
+        }
+    }
+    if wal_dir.exists() {
+        fs::remove_dir_all(&wal_dir).map_err(|e| err("clear bench directory", e))?;
+    }
+    Ok(cells)
+}
+
+/// Geometric mean of io_uring/std ratios over the cells of one policy.
+pub fn policy_ratio(cells: &[MatrixCell], fsync: FsyncPolicy) -> f64 {
+    let rs: Vec<f64> = cells
+        .iter()
+        .filter(|c| c.fsync == fsync)
+        .map(|c| c.ratio().max(1e-9).ln())
+        .collect();
+    if rs.is_empty() {
+        return 1.0;
+    }
+    (rs.iter().sum::<f64>() / rs.len() as f64).exp()
+}
+
+/// Prints the matrix as Markdown.
+pub fn print_matrix(cells: &[MatrixCell], out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "| fsync | mode | writers | record | std appends/s | io_uring appends/s | io_uring / std |"
+    )?;
+    writeln!(out, "|---|---|---:|---:|---:|---:|---:|")?;
+    for c in cells {
+        writeln!(
+            out,
+            "| {:?} | {} | {} | {} B | {:.0} | {:.0} | {:.2}x |",
+            c.fsync,
+            if c.direct { "O_DIRECT" } else { "buffered" },
+            c.writers,
+            c.record_size,
+            median(&c.std),
+            median(&c.uring),
+            c.ratio()
+        )?;
+    }
+    writeln!(out)?;
+    for p in [FsyncPolicy::Always, FsyncPolicy::Batch, FsyncPolicy::Never] {
+        writeln!(
+            out,
+            "geometric mean io_uring/std for {p:?}: {:.3}x",
+            policy_ratio(cells, p)
         )?;
     }
     Ok(())

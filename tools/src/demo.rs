@@ -58,6 +58,8 @@ pub fn run(dir: &Path, config: WalConfig, out: &mut dyn Write) -> CmdResult {
             segment_size: 64 << 20,
             replay: fsync == FsyncPolicy::Never,
             json: false,
+            io: seglog::wal::IoChoice::Auto,
+            direct: false,
         };
         bench::run(&opts, out)?;
     }

@@ -66,7 +66,11 @@ pub fn inspect(
             "no (open, or the last writer crashed)"
         }
     )?;
-    writeln!(out, "io backend: std")?;
+    let backend = match seglog::wal::io::open_backend(config) {
+        Ok(io) => io.name().to_string(),
+        Err(e) => format!("unavailable: {e}"),
+    };
+    writeln!(out, "io backend (for the config in force): {backend}")?;
     writeln!(out)?;
     writeln!(
         out,
@@ -125,8 +129,13 @@ pub fn config_toml(c: &WalConfig) -> String {
         seglog::wal::RecoveryMode::Strict => "strict",
         seglog::wal::RecoveryMode::TailTolerant => "tail-tolerant",
     };
+    let io = match c.io {
+        seglog::wal::IoChoice::Auto => "auto",
+        seglog::wal::IoChoice::IoUring => "io_uring",
+        seglog::wal::IoChoice::Std => "std",
+    };
     format!(
-        "[wal]\nsegment_size = {}\nfsync = \"{fsync}\"\nfsync_interval_ms = {}\nmax_age = \"{}s\"\nmax_size = {}\npreallocate = {}\nrecovery = \"{recovery}\"",
-        c.segment_size_bytes, c.fsync_interval_ms, c.max_age_secs, c.max_size_bytes, c.preallocate
+        "[wal]\nsegment_size = {}\nfsync = \"{fsync}\"\nfsync_interval_ms = {}\nmax_age = \"{}s\"\nmax_size = {}\npreallocate = {}\nrecovery = \"{recovery}\"\nio = \"{io}\"\ndirect_io = {}",
+        c.segment_size_bytes, c.fsync_interval_ms, c.max_age_secs, c.max_size_bytes, c.preallocate, c.direct_io
     )
 }

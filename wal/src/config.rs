@@ -58,9 +58,10 @@ impl std::str::FromStr for FsyncPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IoChoice {
-    /// Probe io_uring at open; fall back to `std` (with one warning naming the reason) when it
-    /// cannot be set up. Picks, per fsync policy, the backend that measured faster here
-    /// (docs/benchmarks.md).
+    /// Per fsync policy, the backend that measured faster on the reference machine
+    /// ([`crate::io::auto_prefers_io_uring`]; today std for all three). Where io_uring is
+    /// preferred it is probed at open, with a fall back to std and one warning naming the
+    /// reason when it cannot be set up.
     #[default]
     Auto,
     /// io_uring; opening fails when it cannot be set up.

@@ -303,14 +303,23 @@ fn concurrent_appenders_get_unique_gap_free_lsns() {
 
 #[test]
 fn auto_falls_back_to_std_when_io_uring_cannot_be_set_up() {
-    use seglog_wal::io::open_backend_with;
+    use seglog_wal::io::{open_backend_with, select_backend};
     use seglog_wal::IoChoice;
     let refused = || Err(std::io::Error::from_raw_os_error(libc::ENOSYS));
     let auto = seglog_wal::WalConfig {
         io: IoChoice::Auto,
         ..seglog_wal::WalConfig::default()
     };
-    assert_eq!(open_backend_with(&auto, refused).unwrap().name(), "std");
+    // A policy for which auto wants io_uring, with io_uring unavailable: std.
+    assert_eq!(select_backend(&auto, true, refused).unwrap().name(), "std");
+    // The probe is what decides: with it succeeding, auto takes io_uring.
+    if seglog_wal::uring::probe().is_ok() {
+        assert_eq!(
+            select_backend(&auto, true, || Ok(())).unwrap().name(),
+            "io_uring"
+        );
+    }
+    // An explicit io_uring that cannot be set up is an error naming the reason.
     let forced = seglog_wal::WalConfig {
         io: IoChoice::IoUring,
         ..seglog_wal::WalConfig::default()
@@ -319,7 +328,10 @@ fn auto_falls_back_to_std_when_io_uring_cannot_be_set_up() {
         .err()
         .expect("an explicit io_uring that cannot be set up is an error");
     assert!(matches!(err, Error::IoUringUnavailable { .. }), "{err}");
-    assert!(err.to_string().contains("io_uring"), "{err}");
+    assert!(
+        err.to_string().contains("io_uring") && err.to_string().contains("not implemented"),
+        "{err}"
+    );
     let std = seglog_wal::WalConfig {
         io: IoChoice::Std,
         direct_io: true,
@@ -329,9 +341,9 @@ fn auto_falls_back_to_std_when_io_uring_cannot_be_set_up() {
         open_backend_with(&std, refused).unwrap().name(),
         "std+direct"
     );
-    // And a log opened on the fallback works.
+    // And a log opened on the fallback works and reports its backend.
     let tmp = tempfile::tempdir().unwrap();
-    let io = open_backend_with(&auto, refused).unwrap();
+    let io = select_backend(&auto, true, refused).unwrap();
     let wal = Wal::open_with_io(io, tmp.path(), config(FsyncPolicy::Always, 1 << 16)).unwrap();
     assert_eq!(wal.append(entry(b"x")).unwrap(), 1);
     assert_eq!(wal.stats().backend, "std");

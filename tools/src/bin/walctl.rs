@@ -3,7 +3,7 @@
 //! Exit codes: 0 ok; 1 a check failed (corruption, a gap, a foreign file); 2 usage or I/O error.
 
 use clap::{Parser, Subcommand};
-use seglog::wal::{parse_size, FsyncPolicy, WalConfig};
+use seglog::wal::{parse_size, FsyncPolicy, IoChoice, WalConfig};
 use seglog::Config;
 use seglog_tools::{append, bench, demo, dump, error_chain, inspect, Failure};
 use std::path::PathBuf;
@@ -102,7 +102,17 @@ enum Cmd {
         /// --runs times and print per-run figures, medians and same-run ratios.
         #[arg(long)]
         targets: bool,
-        /// Repetitions for --targets.
+        /// I/O backend of the WAL under test: auto, io_uring or std.
+        #[arg(long, default_value = "auto")]
+        io: IoChoice,
+        /// Write the active segment with O_DIRECT.
+        #[arg(long)]
+        direct: bool,
+        /// Instead of one measurement, compare std and io_uring on the full matrix (fsync
+        /// always/batch/never x 1/4/16/64 writers x 128 B/1 KiB/4 KiB x buffered/O_DIRECT).
+        #[arg(long)]
+        matrix: bool,
+        /// Repetitions for --targets and --matrix.
         #[arg(long, default_value_t = 5)]
         runs: usize,
         /// Size of the log replayed by --targets.
@@ -173,6 +183,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
             inspect::inspect(&dir, &c, &origin, &mut stdout.lock())
         }
         Cmd::Bench {
+            matrix: true,
+            dir,
+            runs,
+            ..
+        } => {
+            let cells =
+                bench::measure_matrix(&dir, runs.max(1), |m| eprintln!("walctl bench: {m}"))?;
+            bench::print_matrix(&cells, &mut stdout.lock())?;
+            Ok(())
+        }
+        Cmd::Bench {
             targets: true,
             dir,
             runs,
@@ -200,6 +221,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             segment_size,
             no_replay,
             json,
+            io,
+            direct,
             ..
         } => {
             let records = records.unwrap_or(if fsync == FsyncPolicy::Always {
@@ -217,6 +240,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 segment_size,
                 replay: !no_replay,
                 json,
+                io,
+                direct,
             };
             bench::run(&opts, &mut stdout.lock())
         }
