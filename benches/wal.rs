@@ -195,11 +195,49 @@ fn replay_64mib(c: &mut Criterion) {
     g.finish();
 }
 
+fn backends(c: &mut Criterion) {
+    for (group, fsync, secs) in [
+        ("backend_always_1k", FsyncPolicy::Always, 3),
+        ("backend_never_1k", FsyncPolicy::Never, 2),
+    ] {
+        let tmp = tempfile::tempdir_in(".").unwrap();
+        let mut g = c.benchmark_group(group);
+        g.sample_size(15)
+            .measurement_time(Duration::from_secs(secs))
+            .throughput(Throughput::Elements(1));
+        let value = vec![7u8; 1024];
+        for (name, io, direct) in [
+            ("std", IoChoice::Std, false),
+            ("io_uring", IoChoice::IoUring, false),
+            ("std_direct", IoChoice::Std, true),
+            ("io_uring_direct", IoChoice::IoUring, true),
+        ] {
+            let cfg = WalConfig {
+                io,
+                direct_io: direct,
+                ..config(fsync)
+            };
+            let wal = match Wal::open(tmp.path().join(name), cfg) {
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!("{group}/{name} skipped: {e}");
+                    continue;
+                }
+            };
+            g.bench_function(name, |b| {
+                b.iter(|| wal.append(Entry::new(b"", &value)).unwrap())
+            });
+        }
+        g.finish();
+    }
+}
+
 criterion_group!(
     benches,
     append_always_1k,
     append_never_100b,
     group_commit_64x1k,
-    replay_64mib
+    replay_64mib,
+    backends
 );
 criterion_main!(benches);
