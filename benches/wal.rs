@@ -10,7 +10,10 @@
 //!   (warm page cache).
 //!
 //! - `backend_always_1k` / `backend_never_1k`: the same append on the std and the io_uring backend
-//!   (each buffered and O_DIRECT). The full backend matrix is `walctl bench --matrix`.
+//!   (each buffered and O_DIRECT).
+//! - `matrix/...` (opt-in, `SEGLOG_BENCH_MATRIX=1`, several minutes): std and io_uring on the full
+//!   matrix, fsync always/batch/never x 1/4/16/64 writers x 128 B/1 KiB/4 KiB x buffered/O_DIRECT,
+//!   each cell timing 64 appends per writer. `walctl bench --matrix` measures the same matrix.
 //!
 //! `walctl bench` measures the same things with latency percentiles and cold caches.
 
@@ -232,12 +235,77 @@ fn backends(c: &mut Criterion) {
     }
 }
 
+fn backend_matrix(c: &mut Criterion) {
+    if std::env::var("SEGLOG_BENCH_MATRIX").map_or(true, |v| v != "1") {
+        return;
+    }
+    let tmp = tempfile::tempdir_in(".").unwrap();
+    let mut g = c.benchmark_group("matrix");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(1))
+        .warm_up_time(Duration::from_millis(300));
+    for fsync in [FsyncPolicy::Always, FsyncPolicy::Batch, FsyncPolicy::Never] {
+        for direct in [false, true] {
+            for writers in [1usize, 4, 16, 64] {
+                for size in [128usize, 1024, 4096] {
+                    g.throughput(Throughput::Elements(64 * writers as u64));
+                    for (name, io) in [("std", IoChoice::Std), ("io_uring", IoChoice::IoUring)] {
+                        let dir = tmp
+                            .path()
+                            .join(format!("{fsync:?}-{direct}-{writers}-{size}-{name}"));
+                        let wal = match Wal::open(
+                            &dir,
+                            WalConfig {
+                                io,
+                                direct_io: direct,
+                                ..config(fsync)
+                            },
+                        ) {
+                            Ok(w) => w,
+                            Err(e) => {
+                                eprintln!("matrix cell skipped: {e}");
+                                continue;
+                            }
+                        };
+                        let value = vec![7u8; size];
+                        let id = format!(
+                            "{fsync:?}/{}/{writers}w/{size}B/{name}",
+                            if direct { "direct" } else { "buffered" }
+                        );
+                        g.bench_function(id, |b| {
+                            b.iter_custom(|iters| {
+                                let t = Instant::now();
+                                for _ in 0..iters {
+                                    std::thread::scope(|s| {
+                                        for _ in 0..writers {
+                                            s.spawn(|| {
+                                                for _ in 0..64 {
+                                                    wal.append(Entry::new(b"", &value)).unwrap();
+                                                }
+                                            });
+                                        }
+                                    });
+                                }
+                                t.elapsed()
+                            })
+                        });
+                        drop(wal);
+                        std::fs::remove_dir_all(&dir).unwrap();
+                    }
+                }
+            }
+        }
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     append_always_1k,
     append_never_100b,
     group_commit_64x1k,
     replay_64mib,
-    backends
+    backends,
+    backend_matrix
 );
 criterion_main!(benches);

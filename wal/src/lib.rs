@@ -21,6 +21,7 @@ pub mod config;
 pub mod dir;
 pub mod direct;
 pub mod error;
+pub mod faulty;
 pub mod format;
 pub mod io;
 pub mod reader;
