@@ -258,6 +258,7 @@ fn backend_matrix(c: &mut Criterion) {
                             WalConfig {
                                 io,
                                 direct_io: direct,
+                                segment_size_bytes: 8 << 20,
                                 ..config(fsync)
                             },
                         ) {
