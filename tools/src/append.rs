@@ -46,11 +46,21 @@ pub fn run<R: Read>(
             Some(i) => (&line[..i], &line[i + 1..]),
             None => (&line[..0], &line[..]),
         };
-        unacked.push(wal.submit(Entry {
+        match wal.submit(Entry {
             kind: 0,
             key,
             value,
-        })?);
+        }) {
+            Ok(lsn) => unacked.push(lsn),
+            Err(e) => {
+                // Records submitted before the failure may well be durable (a failed roll seals
+                // the segment first): acknowledge those that are, then report the failure.
+                if let Err(ack) = acknowledge(&wal, policy, &mut unacked, out, out_open) {
+                    eprintln!("walctl: could not acknowledge earlier records: {ack}");
+                }
+                return Err(e.into());
+            }
+        }
         // Acknowledge once no further complete line is already buffered. `buffer()` looks
         // without reading: a producer that waits for its LSN must get it now.
         if !input.buffer().contains(&b'\n') {

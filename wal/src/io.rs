@@ -295,31 +295,57 @@ impl Io for StdIo {
         path.is_dir()
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        File::open(dir)?.sync_all()
+        match File::open(dir)?.sync_all() {
+            // Some file systems (several FUSE ones among them) cannot fsync a directory at all and
+            // say EINVAL: there is nothing more to make durable there. Any other error stands.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!(dir = %dir.display(), "this file system cannot fsync directories (EINVAL); relying on it to persist entries");
+                Ok(())
+            }
+            r => r,
+        }
     }
     fn lock_dir(&self, dir: &Path) -> io::Result<LockOutcome> {
         use std::io::{Read, Seek, Write};
         let path = dir.join(crate::dir::LOCK_FILE);
         let mut file = rw_options().create(true).truncate(false).open(&path)?;
+        let mut recorded = String::new();
+        let holder: Option<u32> = file
+            .read_to_string(&mut recorded)
+            .ok()
+            .and_then(|_| recorded.trim().parse().ok());
         // SAFETY: flock only reads its integer arguments; the descriptor is open.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
             let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut s = String::new();
-                let pid = file
-                    .read_to_string(&mut s)
-                    .ok()
-                    .and_then(|_| s.trim().parse().ok());
-                return Ok(LockOutcome::Held(pid));
+            match err.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => return Ok(LockOutcome::Held(holder)),
+                // No flock here (some FUSE and network file systems): fall back to the pid in the
+                // lock file, refusing while that process is alive.
+                Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
+                    if let Some(pid) = holder.filter(|&p| p != std::process::id() && pid_alive(p)) {
+                        return Ok(LockOutcome::Held(Some(pid)));
+                    }
+                    tracing::warn!(dir = %dir.display(), "flock is not supported here; locking by pid file only");
+                }
+                _ => return Err(err),
             }
-            return Err(err);
         }
         file.set_len(0)?;
         file.seek(io::SeekFrom::Start(0))?;
         writeln!(file, "{}", std::process::id())?;
         Ok(LockOutcome::Acquired(Box::new(StdLock { _file: file })))
     }
+}
+
+/// True when a process with this pid exists.
+fn pid_alive(pid: u32) -> bool {
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
+    let rc = unsafe { libc::kill(p, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Creates `dir` and any missing parents, fsyncing each parent whose entries changed so the new
