@@ -4,7 +4,7 @@
 //! [`crate::sim::SimIo`] also simulates power loss but only in memory.
 
 use crate::io::{Io, IoFile, LockOutcome};
-use crate::sim::Faults;
+use crate::sim::{Faults, Fs};
 use parking_lot::Mutex;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -22,20 +22,6 @@ struct FaultyFile {
     inner: Arc<dyn IoFile>,
     path: PathBuf,
     faults: Arc<Mutex<Faults>>,
-}
-
-fn countdown(c: &mut Option<u64>) -> bool {
-    match c {
-        Some(1) => {
-            *c = None;
-            true
-        }
-        Some(n) => {
-            *n -= 1;
-            false
-        }
-        None => false,
-    }
 }
 
 impl FaultyIo {
@@ -67,7 +53,7 @@ impl FaultyFile {
     }
     fn check_sync(&self) -> io::Result<()> {
         let mut f = self.faults.lock();
-        if self.targeted(&f) && countdown(&mut f.fail_sync_in) {
+        if self.targeted(&f) && Fs::countdown(&mut f.fail_sync_in) {
             return Err(io::Error::other("injected EIO: fsync"));
         }
         Ok(())
@@ -80,7 +66,7 @@ impl IoFile for FaultyFile {
             let mut f = self.faults.lock();
             if !self.targeted(&f) {
                 None
-            } else if countdown(&mut f.fail_write_in) {
+            } else if Fs::countdown(&mut f.fail_write_in) {
                 return Err(io::Error::other("injected EIO: write"));
             } else {
                 f.tear_next_write_at.take()

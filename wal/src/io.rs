@@ -113,9 +113,27 @@ pub(crate) fn open_direct(path: &Path, o: &mut OpenOptions) -> io::Result<File> 
     }
 }
 
+/// `(offset, len)` as `off_t`s, when they fit.
+fn off_len(offset: u64, len: u64) -> Option<(libc::off_t, libc::off_t)> {
+    Some((
+        libc::off_t::try_from(offset).ok()?,
+        libc::off_t::try_from(len).ok()?,
+    ))
+}
+
+/// `pread` that retries on EINTR.
+pub(crate) fn pread(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    loop {
+        match file.read_at(buf, offset) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
 /// fallocate, with `Unsupported` for file systems that refuse it.
 pub(crate) fn fallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+    let Some((off, l)) = off_len(offset, len) else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "range too large",
@@ -138,7 +156,7 @@ pub(crate) fn fallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
 
 /// posix_fadvise(WILLNEED): a read-ahead hint.
 pub(crate) fn fadvise_willneed(file: &File, offset: u64, len: u64) {
-    let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+    let Some((off, l)) = off_len(offset, len) else {
         return;
     };
     // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open.
@@ -154,13 +172,11 @@ impl IoFile for StdFile {
         }
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let f = self.direct.as_ref().map_or(&self.file, |d| d.reader());
-        loop {
-            match f.read_at(buf, offset) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => return r,
-            }
-        }
+        pread(
+            self.direct.as_ref().map_or(&self.file, |d| d.reader()),
+            buf,
+            offset,
+        )
     }
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
@@ -169,53 +185,32 @@ impl IoFile for StdFile {
         self.file.sync_all()
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
+        if let Some(d) = &self.direct {
+            d.invalidate();
+        }
         self.file.set_len(len)
     }
     fn file_len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
-        let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "range too large",
-            ));
-        };
-        // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by
-        // `self.file` and stays open for the duration of the call.
-        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, off, l) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => {
-                Err(io::Error::new(io::ErrorKind::Unsupported, err))
-            }
-            _ => Err(err),
-        }
+        fallocate(&self.file, offset, len)
     }
     fn prefetch(&self, offset: u64, len: u64) {
-        let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-            return;
-        };
-        // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open.
-        // A hint: its result changes nothing about correctness.
-        unsafe { libc::posix_fadvise(self.file.as_raw_fd(), off, l, libc::POSIX_FADV_WILLNEED) };
+        fadvise_willneed(&self.file, offset, len)
     }
     fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
-        let (Ok(off), Ok(l)) = (
-            libc::off64_t::try_from(offset),
-            libc::off64_t::try_from(len),
-        ) else {
+        let Some((off, l)) = off_len(offset, len) else {
             return Ok(());
         };
         // SAFETY: sync_file_range only reads its integer arguments; the descriptor is open.
         let rc = unsafe {
             libc::sync_file_range(self.file.as_raw_fd(), off, l, libc::SYNC_FILE_RANGE_WRITE)
         };
-        // A hint: a file system that does not support it loses nothing.
-        let _ignored_hint_result = rc;
+        if rc != 0 {
+            // A hint: a file system that does not support it loses nothing.
+            tracing::trace!(error = %io::Error::last_os_error(), "sync_file_range refused");
+        }
         Ok(())
     }
 }

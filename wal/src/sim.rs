@@ -70,7 +70,7 @@ pub struct Faults {
 }
 
 #[derive(Default)]
-struct Fs {
+pub(crate) struct Fs {
     inodes: BTreeMap<u64, Inode>,
     /// Current directory entries: path -> inode.
     names: BTreeMap<PathBuf, u64>,
@@ -137,7 +137,7 @@ impl Fs {
                 .any(|(p, i)| *i == ino && p.to_string_lossy().ends_with(suffix.as_str())),
         }
     }
-    fn countdown(c: &mut Option<u64>) -> bool {
+    pub(crate) fn countdown(c: &mut Option<u64>) -> bool {
         match c {
             Some(1) => {
                 *c = None;

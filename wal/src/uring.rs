@@ -201,14 +201,11 @@ impl IoFile for UringFile {
         self.raw_write(buf, offset, true)
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let f = self.direct.as_ref().map_or(&self.file, |d| d.reader());
-        loop {
-            match f.read_at(buf, offset) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => return r,
-            }
-        }
+        crate::io::pread(
+            self.direct.as_ref().map_or(&self.file, |d| d.reader()),
+            buf,
+            offset,
+        )
     }
     fn sync_data(&self) -> io::Result<()> {
         self.submit(&[], 0, true)
