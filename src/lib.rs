@@ -1,10 +1,15 @@
 //! seglog: an embedded storage engine on a segmented, checksummed write-ahead log.
 //!
-//! Today this crate holds the configuration file format shared by the tools; the engine (keyed
-//! records, reads, stale-write rejection, subscriptions) will be built here on top of
-//! [`seglog_wal`], which is re-exported as [`wal`].
+//! [`Engine`] keeps keyed records (put, get, delete, atomic batches, conditional writes, writer
+//! epochs) on top of [`seglog_wal`], which is re-exported as [`wal`]. [`Config`] is the TOML
+//! config file shared with the tools.
 
 pub mod config;
+pub mod engine;
+pub mod error;
+pub mod record;
 
 pub use config::Config;
+pub use engine::{BatchOp, Engine, Expect};
+pub use error::{Error, Result};
 pub use seglog_wal as wal;

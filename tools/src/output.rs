@@ -69,6 +69,7 @@ mod tests {
             value: value.to_vec(),
             crc: 0,
             batch_continues: false,
+            location: Default::default(),
         }
     }
 

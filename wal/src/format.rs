@@ -263,6 +263,17 @@ pub struct Record {
     pub crc: u32,
     /// True when more records of the same atomic batch follow.
     pub batch_continues: bool,
+    /// Where the record's frame is.
+    pub location: Location,
+}
+
+/// Where a record's frame lives: the segment (by its first LSN) and the frame's byte offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Location {
+    /// First LSN of the segment (its file name).
+    pub segment: u64,
+    /// Offset of the frame in the segment file.
+    pub offset: u64,
 }
 
 /// A record to append. Borrowed so callers need not copy their buffers.
@@ -362,7 +373,7 @@ pub struct FrameView {
 
 impl FrameView {
     /// Builds the owned record from the buffer `buf` the frame was decoded from.
-    pub fn to_record(&self, buf: &[u8]) -> Record {
+    pub fn to_record(&self, buf: &[u8], location: Location) -> Record {
         let k = RECORD_HEADER_LEN;
         Record {
             lsn: self.lsn,
@@ -372,6 +383,7 @@ impl FrameView {
             value: buf[k + self.key_len..k + self.key_len + self.value_len].to_vec(),
             crc: self.crc,
             batch_continues: self.flags & FLAG_BATCH_CONTINUES != 0,
+            location,
         }
     }
 }
@@ -523,7 +535,7 @@ mod tests {
         let Frame::Record(v) = decode_frame(&buf, 1 << 20) else {
             panic!("not a record")
         };
-        let r = v.to_record(&buf);
+        let r = v.to_record(&buf, Location::default());
         assert_eq!(
             (r.lsn, r.kind, r.key.as_slice(), r.value.as_slice(), r.crc),
             (5, 7, &b"k"[..], &b"value"[..], crc)

@@ -34,7 +34,7 @@ pub use config::{
 };
 pub use dir::{LogView, SegmentInfo};
 pub use error::{Error, Result};
-pub use format::{Entry, Record};
+pub use format::{Entry, Location, Record};
 pub use io::{Io, IoFile, StdIo};
 pub use reader::{TailState, WalReader};
-pub use writer::{RecoveryReport, TornTail, Wal, WalStats};
+pub use writer::{Appended, RecoveryReport, TornTail, Wal, WalStats};

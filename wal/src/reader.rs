@@ -11,7 +11,9 @@
 //! reader then stops.
 
 use crate::error::{Error, Result};
-use crate::format::{self, Frame, Record, SegmentFooter, SegmentHeader, FRAME_ALIGN, HEADER_LEN};
+use crate::format::{
+    self, Frame, Location, Record, SegmentFooter, SegmentHeader, FRAME_ALIGN, HEADER_LEN,
+};
 use crate::io::{Io, IoFile};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -572,7 +574,11 @@ impl WalReader {
                     if v.lsn < self.from_lsn {
                         continue;
                     }
-                    let rec = v.to_record(cursor.frame_bytes());
+                    let location = Location {
+                        segment: cursor.header.first_lsn,
+                        offset: cursor.offset() - v.size as u64,
+                    };
+                    let rec = v.to_record(cursor.frame_bytes(), location);
                     self.from_lsn = v.lsn + 1;
                     return Ok(Some(rec));
                 }

@@ -24,7 +24,8 @@ use crate::config::{Durability, FsyncPolicy, RecoveryMode, WalConfig};
 use crate::dir::{self, LogView, CLOSED_FILE, SPARE_FILE};
 use crate::error::{Error, Result};
 use crate::format::{
-    self, ClosedMarker, Entry, SegmentFooter, SegmentHeader, FOOTER_LEN, HEADER_LEN, MAX_KEY_LEN,
+    self, ClosedMarker, Entry, Location, Record, SegmentFooter, SegmentHeader, FOOTER_LEN,
+    HEADER_LEN, MAX_KEY_LEN,
 };
 use crate::io::{create_dir_durable, DirLock, Io, IoFile, LockOutcome};
 use crate::reader::{self, LiveLimit, LiveSource, TailState, WalReader};
@@ -41,6 +42,20 @@ pub const WRITE_BUFFER_BYTES: usize = 1 << 20;
 /// Rounds a leader runs past its own record while others wait, before handing off.
 pub const MAX_LEAD_ROUNDS: u32 = 8;
 const ZERO_CHUNK: usize = 1 << 20;
+
+/// Segments whose read handles `Wal::read_record` keeps open.
+const READ_FILES_CACHED: usize = 64;
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// LSN of its first record.
+    pub first_lsn: u64,
+    /// LSN of its last record.
+    pub last_lsn: u64,
+    /// Where its first frame is; the others follow contiguously.
+    pub location: Location,
+}
 
 /// What recovery did when the log was opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -169,6 +184,8 @@ struct Shared {
     durable: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
     segments: Arc<RwLock<Vec<(u64, PathBuf)>>>,
+    /// Read handles for `read_record`, by segment.
+    read_files: Mutex<std::collections::HashMap<u64, Arc<dyn IoFile>>>,
     counters: Counters,
     prep: Mutex<PrepState>,
     prep_cv: Condvar,
@@ -283,6 +300,7 @@ impl Wal {
             durable: Arc::new(AtomicU64::new(last)),
             written: Arc::new(AtomicU64::new(last)),
             segments: Arc::new(RwLock::new(segments)),
+            read_files: Mutex::new(std::collections::HashMap::new()),
             counters: Counters::default(),
             prep: Mutex::new(PrepState::default()),
             prep_cv: Condvar::new(),
@@ -350,9 +368,21 @@ impl Wal {
     }
 
     fn write_entries(&self, entries: &[Entry<'_>], wait: bool) -> Result<(u64, u64)> {
+        self.write_located(entries, wait)
+            .map(|a| (a.first_lsn, a.last_lsn))
+    }
+
+    /// Buffers `entries` as one atomic batch without waiting (as [`Wal::submit`]) and says
+    /// where its first frame lands; the others follow it contiguously, each
+    /// [`format::frame_size`] bytes long, in the same segment.
+    pub fn submit_batch_located(&self, entries: &[Entry<'_>]) -> Result<Appended> {
+        self.write_located(entries, false)
+    }
+
+    fn write_located(&self, entries: &[Entry<'_>], wait: bool) -> Result<Appended> {
         let s = &*self.shared;
         let mut g = s.state.lock();
-        let (first, last) = s.encode(&mut g, entries)?;
+        let (first, last, location) = s.encode(&mut g, entries)?;
         let r = if wait && s.durability == Durability::Always {
             s.drive(&mut g, last, Need::Durable)
         } else if g.pending.len() >= WRITE_BUFFER_BYTES {
@@ -361,7 +391,11 @@ impl Wal {
             Ok(())
         };
         match r {
-            Ok(()) => Ok((first, last)),
+            Ok(()) => Ok(Appended {
+                first_lsn: first,
+                last_lsn: last,
+                location,
+            }),
             // Encoded, so possibly written: not a refusal.
             Err(Error::Poisoned { cause }) => Err(Error::Unacknowledged {
                 first_lsn: first,
@@ -432,6 +466,84 @@ impl Wal {
             limit: LiveLimit(limit),
         };
         WalReader::new(Arc::new(source), from_lsn)
+    }
+
+    /// Reads back the record `lsn` whose frame is at `location` (as returned by
+    /// [`Wal::submit_batch_located`] or found in [`Record::location`]), checking its checksum
+    /// and LSN. A record still buffered is handed to the OS first.
+    pub fn read_record(&self, location: Location, lsn: u64) -> Result<Record> {
+        let s = &*self.shared;
+        if s.written.load(Ordering::Acquire) < lsn {
+            let mut g = s.state.lock();
+            if lsn >= g.next_lsn {
+                return Err(Error::LsnNotAppended {
+                    lsn,
+                    last: g.next_lsn - 1,
+                });
+            }
+            s.drive(&mut g, lsn, Need::Written)?;
+        }
+        let path = s
+            .segments
+            .read()
+            .iter()
+            .find(|(first, _)| *first == location.segment)
+            .map(|(_, p)| p.clone())
+            .ok_or_else(|| {
+                Error::corrupt(
+                    s.dir.join(format::segment_file_name(location.segment)),
+                    location.offset,
+                    "no such segment",
+                )
+            })?;
+        let file = {
+            let mut files = s.read_files.lock();
+            match files.get(&location.segment) {
+                Some(f) => f.clone(),
+                None => {
+                    let f =
+                        s.io.open_read(&path)
+                            .map_err(|e| Error::io("open", &path, e))?;
+                    if files.len() >= READ_FILES_CACHED {
+                        files.clear();
+                    }
+                    files.insert(location.segment, f.clone());
+                    f
+                }
+            }
+        };
+        let mut head = [0u8; format::RECORD_HEADER_LEN];
+        let n = crate::reader::read_full(&*file, &mut head, location.offset)
+            .map_err(|e| Error::io("read", &path, e))?;
+        let frame_len = if n == head.len() {
+            u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize
+        } else {
+            0
+        };
+        let max = s.config.segment_size_bytes.max(location.offset) as usize;
+        if frame_len < format::RECORD_HEADER_LEN || frame_len > max {
+            return Err(Error::corrupt(
+                &path,
+                location.offset,
+                format!("no record frame for LSN {lsn} here"),
+            ));
+        }
+        let mut buf = vec![0u8; format::align_up(frame_len)];
+        let n = crate::reader::read_full(&*file, &mut buf, location.offset)
+            .map_err(|e| Error::io("read", &path, e))?;
+        match format::decode_frame(&buf[..n], buf.len()) {
+            format::Frame::Record(v) if v.lsn == lsn => Ok(v.to_record(&buf, location)),
+            format::Frame::Record(v) => Err(Error::corrupt(
+                &path,
+                location.offset,
+                format!("record {} where {lsn} was expected", v.lsn),
+            )),
+            _ => Err(Error::corrupt(
+                &path,
+                location.offset,
+                format!("record {lsn} fails its checksum"),
+            )),
+        }
     }
 
     /// Highest durable LSN.
@@ -624,7 +736,11 @@ impl Shared {
     }
 
     /// Encodes `entries` as one atomic batch into `pending`, rolling first if needed.
-    fn encode(&self, g: &mut MutexGuard<'_, State>, entries: &[Entry<'_>]) -> Result<(u64, u64)> {
+    fn encode(
+        &self,
+        g: &mut MutexGuard<'_, State>,
+        entries: &[Entry<'_>],
+    ) -> Result<(u64, u64, Location)> {
         if entries.is_empty() {
             return Err(Error::EmptyBatch);
         }
@@ -660,6 +776,13 @@ impl Shared {
         let first = g.next_lsn;
         let n = entries.len();
         let st = &mut **g;
+        let location = match &st.active {
+            Some(a) => Location {
+                segment: a.first_lsn,
+                offset: a.end,
+            },
+            None => Location::default(), // unreachable: the loop above breaks only with an active segment
+        };
         let mut chain = st.chain_crc;
         for (i, e) in entries.iter().enumerate() {
             let flags = if i + 1 < n {
@@ -684,7 +807,7 @@ impl Shared {
         }
         st.appends += n as u64;
         st.bytes_appended += size;
-        Ok((first, last))
+        Ok((first, last, location))
     }
 
     /// Returns once `target` is written (or durable): leads if nobody does, else waits.

@@ -1,0 +1,332 @@
+//! The engine: keyed records on top of the log.
+//!
+//! Every write is a log record (see [`crate::record`]); the in-memory index maps each live key to
+//! its version (the LSN of the record that last wrote it) and the location of that record's
+//! frame, from which `get` reads the value back (checksum checked). The index is rebuilt by
+//! replaying the log on open.
+//!
+//! # Invariants
+//! - One writer at a time decides: conditions are checked, the records are handed to the log
+//!   (LSNs assigned) and the index is updated under the engine's write lock, so a condition can
+//!   never be checked against a state another writer is changing. The wait for durability
+//!   happens after the lock is released, so concurrent writers still share fsyncs (group commit).
+//! - The index reflects every record handed to the log, durable or not yet; a write returns
+//!   under the log's policy (`always`: durable).
+//! - A write from a writer epoch below the log's epoch is refused before anything is written.
+//!
+//! Limits: keys up to 65535 bytes; a batch (keys, values and 32 bytes per record) must fit in
+//! one segment minus 104 bytes, else `RecordTooLarge` before anything is written, so nothing is
+//! ever accepted that a later open would refuse. Index cost: a `BTreeMap` entry per live key,
+//! about 90 bytes plus the key.
+
+use crate::error::{Error, Result};
+use crate::record::Op;
+use crate::Config;
+use parking_lot::{Mutex, RwLock};
+use seglog_wal::format::frame_size;
+use seglog_wal::{Durability, Entry, Io, Location, Wal};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// What a conditional write expects of its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The key must not exist.
+    Absent,
+    /// The key's current version must be this.
+    Version(u64),
+}
+
+/// One operation of an atomic batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOp<'a> {
+    /// Set a key.
+    Put {
+        /// Key.
+        key: &'a [u8],
+        /// Value.
+        value: &'a [u8],
+        /// Condition, checked against the state before the batch.
+        expect: Option<Expect>,
+    },
+    /// Remove a key (a tombstone is written even when it is absent).
+    Delete {
+        /// Key.
+        key: &'a [u8],
+        /// Condition, checked against the state before the batch.
+        expect: Option<Expect>,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    version: u64,
+    location: Location,
+}
+
+#[derive(Default)]
+struct State {
+    index: BTreeMap<Vec<u8>, Slot>,
+    epoch: u64,
+}
+
+/// A key-value engine over a segmented write-ahead log.
+pub struct Engine {
+    wal: Wal,
+    state: RwLock<State>,
+    write_lock: Mutex<()>,
+}
+
+fn check(key: &[u8], expect: Option<Expect>, current: Option<u64>) -> Result<()> {
+    let ok = match expect {
+        None => true,
+        Some(Expect::Absent) => current.is_none(),
+        Some(Expect::Version(v)) => current == Some(v),
+    };
+    if ok {
+        return Ok(());
+    }
+    let expected = match expect {
+        Some(Expect::Absent) => "the key to be absent".to_string(),
+        Some(Expect::Version(v)) => format!("version {v}"),
+        None => String::new(),
+    };
+    Err(Error::Conflict {
+        key: String::from_utf8_lossy(key).into_owned(),
+        expected,
+        current,
+    })
+}
+
+impl Engine {
+    /// Opens (creating if needed) the engine in `dir`: opens the log and replays it.
+    pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Engine> {
+        Self::from_wal(Wal::open(dir, config.wal)?)
+    }
+
+    /// As [`Engine::open`], on a given I/O backend.
+    pub fn open_with_io(io: Arc<dyn Io>, dir: impl AsRef<Path>, config: Config) -> Result<Engine> {
+        Self::from_wal(Wal::open_with_io(io, dir, config.wal)?)
+    }
+
+    fn from_wal(wal: Wal) -> Result<Engine> {
+        let mut state = State::default();
+        for r in wal.reader(wal.first_lsn()) {
+            let r = r?;
+            match Op::decode(&r)? {
+                Op::Put { key, .. } => {
+                    state.index.insert(
+                        key.to_vec(),
+                        Slot {
+                            version: r.lsn,
+                            location: r.location,
+                        },
+                    );
+                }
+                Op::Delete { key } => {
+                    state.index.remove(key);
+                }
+                Op::Epoch(e) => state.epoch = state.epoch.max(e),
+            }
+        }
+        Ok(Engine {
+            wal,
+            state: RwLock::new(state),
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    /// Sets `key` to `value`; returns the new version.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64> {
+        self.write(
+            &[BatchOp::Put {
+                key,
+                value,
+                expect: None,
+            }],
+            None,
+        )
+        .map(|(_, last)| last)
+    }
+
+    /// Sets `key` to `value` if `expect` holds, else fails with `Conflict`.
+    pub fn put_if(&self, key: &[u8], value: &[u8], expect: Expect) -> Result<u64> {
+        self.write(
+            &[BatchOp::Put {
+                key,
+                value,
+                expect: Some(expect),
+            }],
+            None,
+        )
+        .map(|(_, last)| last)
+    }
+
+    /// Removes `key`; returns the tombstone's LSN, or `None` when the key did not exist (then
+    /// nothing is written).
+    pub fn delete(&self, key: &[u8]) -> Result<Option<u64>> {
+        if self.version(key).is_none() {
+            return Ok(None);
+        }
+        self.write(&[BatchOp::Delete { key, expect: None }], None)
+            .map(|(_, last)| Some(last))
+    }
+
+    /// Removes `key` if `expect` holds, else fails with `Conflict`.
+    pub fn delete_if(&self, key: &[u8], expect: Expect) -> Result<u64> {
+        self.write(
+            &[BatchOp::Delete {
+                key,
+                expect: Some(expect),
+            }],
+            None,
+        )
+        .map(|(_, last)| last)
+    }
+
+    /// Applies `ops` atomically (all or none, after a crash too) and returns their first and
+    /// last LSN. Every condition is checked against the state before the batch; when a key
+    /// appears twice, the later operation wins. With `epoch`, the batch is refused when the
+    /// writer's epoch is below the log's.
+    pub fn write_batch(&self, ops: &[BatchOp<'_>], epoch: Option<u64>) -> Result<(u64, u64)> {
+        self.write(ops, epoch)
+    }
+
+    /// Raises the log's epoch to `epoch` (an epoch record in the log); from then on writes that
+    /// carry a lower epoch are refused. Fails with `StaleEpoch` when `epoch` is not above the
+    /// current one.
+    pub fn fence(&self, epoch: u64) -> Result<u64> {
+        let _w = self.write_lock.lock();
+        let current = self.state.read().epoch;
+        if epoch <= current {
+            return Err(Error::StaleEpoch {
+                writer: epoch,
+                log: current,
+            });
+        }
+        let bytes = epoch.to_le_bytes();
+        let appended = self
+            .wal
+            .submit_batch_located(&[Op::Epoch(epoch).entry(&bytes)])?;
+        self.state.write().epoch = epoch;
+        drop(_w);
+        self.wait(appended.last_lsn)?;
+        Ok(appended.last_lsn)
+    }
+
+    fn write(&self, ops: &[BatchOp<'_>], epoch: Option<u64>) -> Result<(u64, u64)> {
+        let _w = self.write_lock.lock();
+        {
+            let st = self.state.read();
+            if let Some(e) = epoch {
+                if e < st.epoch {
+                    return Err(Error::StaleEpoch {
+                        writer: e,
+                        log: st.epoch,
+                    });
+                }
+            }
+            for op in ops {
+                let (key, expect) = match *op {
+                    BatchOp::Put { key, expect, .. } | BatchOp::Delete { key, expect } => {
+                        (key, expect)
+                    }
+                };
+                check(key, expect, st.index.get(key).map(|s| s.version))?;
+            }
+        }
+        let no_epoch = [0u8; 8];
+        let entries: Vec<Entry<'_>> = ops
+            .iter()
+            .map(|op| match *op {
+                BatchOp::Put { key, value, .. } => Op::Put { key, value }.entry(&no_epoch),
+                BatchOp::Delete { key, .. } => Op::Delete { key }.entry(&no_epoch),
+            })
+            .collect();
+        let appended = self.wal.submit_batch_located(&entries)?;
+        {
+            let mut st = self.state.write();
+            let mut location = appended.location;
+            for (i, (op, e)) in ops.iter().zip(&entries).enumerate() {
+                let version = appended.first_lsn + i as u64;
+                match *op {
+                    BatchOp::Put { key, .. } => {
+                        st.index.insert(key.to_vec(), Slot { version, location });
+                    }
+                    BatchOp::Delete { key, .. } => {
+                        st.index.remove(key);
+                    }
+                }
+                location.offset += frame_size(e.key.len(), e.value.len()) as u64;
+            }
+        }
+        drop(_w);
+        self.wait(appended.last_lsn)?;
+        Ok((appended.first_lsn, appended.last_lsn))
+    }
+
+    /// Returns under the log's policy: `always` once `lsn` is durable, else at once.
+    fn wait(&self, lsn: u64) -> Result<()> {
+        if self.wal.config().durability() == Durability::Always {
+            self.wal.wait_durable(lsn)?;
+        }
+        Ok(())
+    }
+
+    /// The value of `key` and its version, read back from the log (checksum checked).
+    pub fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>> {
+        let Some(slot) = self.state.read().index.get(key).copied() else {
+            return Ok(None);
+        };
+        let r = self.wal.read_record(slot.location, slot.version)?;
+        if r.key != key {
+            return Err(Error::Malformed {
+                lsn: r.lsn,
+                reason: "the index points at another key's record".into(),
+            });
+        }
+        Ok(Some((r.value, slot.version)))
+    }
+
+    /// The current version of `key`, if it exists.
+    pub fn version(&self, key: &[u8]) -> Option<u64> {
+        self.state.read().index.get(key).map(|s| s.version)
+    }
+
+    /// Live keys from `from` on (inclusive), in order, with their versions; at most `limit`.
+    pub fn scan(&self, from: &[u8], limit: usize) -> Vec<(Vec<u8>, u64)> {
+        self.state
+            .read()
+            .index
+            .range(from.to_vec()..)
+            .take(limit)
+            .map(|(k, s)| (k.clone(), s.version))
+            .collect()
+    }
+
+    /// Number of live keys.
+    pub fn len(&self) -> usize {
+        self.state.read().index.len()
+    }
+
+    /// True when no key is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The log's epoch (0 until the first fence).
+    pub fn epoch(&self) -> u64 {
+        self.state.read().epoch
+    }
+
+    /// The log below.
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// Clean shutdown (see [`Wal::close`]).
+    pub fn close(self) -> Result<()> {
+        Ok(self.wal.close()?)
+    }
+}
