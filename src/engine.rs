@@ -21,6 +21,7 @@
 
 use crate::error::{Error, Result};
 use crate::record::Op;
+use crate::subscription::{Registry, Subscription};
 use crate::Config;
 use parking_lot::{Mutex, RwLock};
 use seglog_wal::format::frame_size;
@@ -76,6 +77,7 @@ pub struct Engine {
     wal: Wal,
     state: RwLock<State>,
     write_lock: Mutex<()>,
+    subscribers: Registry,
 }
 
 fn check(key: &[u8], expect: Option<Expect>, current: Option<u64>) -> Result<()> {
@@ -134,6 +136,7 @@ impl Engine {
             wal,
             state: RwLock::new(state),
             write_lock: Mutex::new(()),
+            subscribers: Registry::default(),
         })
     }
 
@@ -318,6 +321,21 @@ impl Engine {
     /// The log's epoch (0 until the first fence).
     pub fn epoch(&self) -> u64 {
         self.state.read().epoch
+    }
+
+    /// Every change from `from_lsn` on (clamped to the oldest LSN held): first those on disk,
+    /// then new ones as they become durable.
+    pub fn subscribe(&self, from_lsn: u64) -> Subscription<'_> {
+        Subscription::new(self, from_lsn)
+    }
+
+    /// The lowest LSN a live subscription still has to read, if any: what retention must keep.
+    pub fn min_subscribed_lsn(&self) -> Option<u64> {
+        self.subscribers.min()
+    }
+
+    pub(crate) fn subscribers(&self) -> &Registry {
+        &self.subscribers
     }
 
     /// The log below.

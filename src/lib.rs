@@ -8,8 +8,10 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod record;
+pub mod subscription;
 
 pub use config::Config;
 pub use engine::{BatchOp, Engine, Expect};
 pub use error::{Error, Result};
 pub use seglog_wal as wal;
+pub use subscription::{Change, ChangeOp, Subscription};

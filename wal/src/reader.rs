@@ -554,6 +554,9 @@ impl WalReader {
     }
 
     fn advance(&mut self) -> Result<Option<Record>> {
+        // Bytes buffered by an earlier call may predate writes the watermark now covers: the
+        // first end or bad frame below the watermark is read again from disk before it counts.
+        let mut reread = false;
         loop {
             let limit = self.source.limit();
             if self.next_lsn() > limit {
@@ -604,6 +607,11 @@ impl WalReader {
                 }
                 Step::End { offset } => {
                     if cursor.expected_lsn <= limit {
+                        if !reread {
+                            reread = true;
+                            cursor.forget_buffered();
+                            continue;
+                        }
                         return Err(Error::corrupt(
                             &cursor.path,
                             offset,
@@ -615,6 +623,11 @@ impl WalReader {
                 }
                 Step::Bad { offset, reason } => {
                     if cursor.expected_lsn <= limit {
+                        if !reread {
+                            reread = true;
+                            cursor.forget_buffered();
+                            continue;
+                        }
                         return Err(Error::corrupt(&cursor.path, offset, reason));
                     }
                     cursor.forget_buffered();

@@ -546,6 +546,38 @@ impl Wal {
         }
     }
 
+    /// Highest LSN a [`Wal::reader`] may return now: the durable watermark (the written one
+    /// under `Never`).
+    pub fn visible_lsn(&self) -> u64 {
+        match self.shared.durability {
+            Durability::Never => self.written_lsn(),
+            _ => self.durable_lsn(),
+        }
+    }
+
+    /// Blocks until `lsn` is visible to readers ([`Wal::visible_lsn`]), the log is poisoned, or
+    /// `timeout` passes. Returns whether `lsn` is visible. Does not make anything durable itself:
+    /// it waits for appenders and the flusher.
+    pub fn wait_visible(&self, lsn: u64, timeout: Duration) -> bool {
+        let s = &*self.shared;
+        let need = match s.durability {
+            Durability::Never => Need::Written,
+            _ => Need::Durable,
+        };
+        let deadline = Instant::now() + timeout;
+        let mut a = s.ack.lock();
+        loop {
+            if s.watermark(need) >= lsn {
+                return true;
+            }
+            if s.poisoned_flag.load(Ordering::Acquire)
+                || s.ack_cv.wait_until(&mut a, deadline).timed_out()
+            {
+                return s.watermark(need) >= lsn;
+            }
+        }
+    }
+
     /// Highest durable LSN.
     pub fn durable_lsn(&self) -> u64 {
         self.shared.durable.load(Ordering::Acquire)

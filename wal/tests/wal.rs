@@ -449,3 +449,34 @@ fn injected_write_and_fsync_failures_poison_on_every_real_backend() {
         }
     }
 }
+
+/// Regression: a tailing reader had buffered zeros past the then-written end; when the
+/// watermark later covered them it reported "segment ends before LSN n" instead of reading the
+/// new bytes. Tail the log from another thread while appends land.
+#[test]
+fn tailing_reader_rereads_bytes_it_buffered_before_they_were_written() {
+    for env in backends() {
+        let wal = std::sync::Arc::new(env.open(&config(FsyncPolicy::Always, 1 << 16)));
+        std::thread::scope(|s| {
+            let w = wal.clone();
+            s.spawn(move || {
+                for i in 1..=400u64 {
+                    w.append(entry(&value(i, 30))).unwrap();
+                }
+            });
+            let mut reader = wal.reader(1);
+            let mut next = 1u64;
+            while next <= 400 {
+                match reader.next() {
+                    Some(r) => {
+                        assert_eq!(r.unwrap_or_else(|e| panic!("[{}] {e}", env.name)).lsn, next);
+                        next += 1;
+                    }
+                    None => {
+                        wal.wait_visible(next, std::time::Duration::from_secs(30));
+                    }
+                }
+            }
+        });
+    }
+}
