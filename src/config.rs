@@ -26,6 +26,23 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     /// The `[wal]` section.
     pub wal: WalConfig,
+    /// The `[cache]` section.
+    pub cache: CacheConfig,
+}
+
+/// The `[cache]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// `value_cache_mb`: memory for recently read values, in MiB. Default 64; 0 disables it;
+    /// at most 1048576 (1 TiB).
+    pub value_cache_mb: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { value_cache_mb: 64 }
+    }
 }
 
 /// A config file that could not be used.
@@ -84,6 +101,18 @@ impl Config {
             origin: origin.to_string(),
             source,
         })?;
+        if c.cache.value_cache_mb > 1 << 20 {
+            return Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                source: seglog_wal::Error::Config {
+                    key: "cache.value_cache_mb",
+                    message: format!(
+                        "{} is out of bounds: at most 1048576",
+                        c.cache.value_cache_mb
+                    ),
+                },
+            });
+        }
         Ok(c)
     }
 }

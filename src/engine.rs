@@ -19,7 +19,9 @@
 //! ever accepted that a later open would refuse. Index cost: a `BTreeMap` entry per live key,
 //! about 90 bytes plus the key.
 
+use crate::cache::ValueCache;
 use crate::error::{Error, Result};
+use crate::mapped::SealedMaps;
 use crate::record::Op;
 use crate::subscription::{Registry, Subscription};
 use crate::Config;
@@ -72,12 +74,27 @@ struct State {
     epoch: u64,
 }
 
+/// What [`Engine::stats`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Live keys.
+    pub keys: usize,
+    /// The log's epoch.
+    pub epoch: u64,
+    /// Bytes in the value cache.
+    pub value_cache_bytes: usize,
+    /// The log's counters (the I/O backend among them).
+    pub wal: seglog_wal::WalStats,
+}
+
 /// A key-value engine over a segmented write-ahead log.
 pub struct Engine {
     wal: Wal,
     state: RwLock<State>,
     write_lock: Mutex<()>,
     subscribers: Registry,
+    maps: SealedMaps,
+    cache: ValueCache,
 }
 
 fn check(key: &[u8], expect: Option<Expect>, current: Option<u64>) -> Result<()> {
@@ -104,15 +121,18 @@ fn check(key: &[u8], expect: Option<Expect>, current: Option<u64>) -> Result<()>
 impl Engine {
     /// Opens (creating if needed) the engine in `dir`: opens the log and replays it.
     pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Engine> {
-        Self::from_wal(Wal::open(dir, config.wal)?)
+        Self::from_wal(Wal::open(dir, config.wal)?, config.cache.value_cache_mb)
     }
 
     /// As [`Engine::open`], on a given I/O backend.
     pub fn open_with_io(io: Arc<dyn Io>, dir: impl AsRef<Path>, config: Config) -> Result<Engine> {
-        Self::from_wal(Wal::open_with_io(io, dir, config.wal)?)
+        Self::from_wal(
+            Wal::open_with_io(io, dir, config.wal)?,
+            config.cache.value_cache_mb,
+        )
     }
 
-    fn from_wal(wal: Wal) -> Result<Engine> {
+    fn from_wal(wal: Wal, cache_mb: u64) -> Result<Engine> {
         let mut state = State::default();
         for r in wal.reader(wal.first_lsn()) {
             let r = r?;
@@ -137,6 +157,8 @@ impl Engine {
             state: RwLock::new(state),
             write_lock: Mutex::new(()),
             subscribers: Registry::default(),
+            maps: SealedMaps::default(),
+            cache: ValueCache::new((cache_mb as usize).saturating_mul(1 << 20)),
         })
     }
 
@@ -277,18 +299,26 @@ impl Engine {
         Ok(())
     }
 
-    /// The value of `key` and its version, read back from the log (checksum checked).
+    /// The value of `key` and its version: from the value cache, else read back from the log
+    /// (through a memory map for sealed segments, `pread` for the active one; checksum checked).
     pub fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>> {
         let Some(slot) = self.state.read().index.get(key).copied() else {
             return Ok(None);
         };
-        let r = self.wal.read_record(slot.location, slot.version)?;
+        if let Some(v) = self.cache.get(slot.version) {
+            return Ok(Some((v.to_vec(), slot.version)));
+        }
+        let r = match self.maps.read(&self.wal, slot.location, slot.version)? {
+            Some(r) => r,
+            None => self.wal.read_record(slot.location, slot.version)?,
+        };
         if r.key != key {
             return Err(Error::Malformed {
                 lsn: r.lsn,
                 reason: "the index points at another key's record".into(),
             });
         }
+        self.cache.insert(slot.version, &r.value);
         Ok(Some((r.value, slot.version)))
     }
 
@@ -306,6 +336,17 @@ impl Engine {
             .take(limit)
             .map(|(k, s)| (k.clone(), s.version))
             .collect()
+    }
+
+    /// Counters: keys, epoch, value cache and the log's.
+    pub fn stats(&self) -> EngineStats {
+        let st = self.state.read();
+        EngineStats {
+            keys: st.index.len(),
+            epoch: st.epoch,
+            value_cache_bytes: self.cache.bytes(),
+            wal: self.wal.stats(),
+        }
     }
 
     /// Number of live keys.

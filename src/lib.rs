@@ -4,14 +4,16 @@
 //! epochs) on top of [`seglog_wal`], which is re-exported as [`wal`]. [`Config`] is the TOML
 //! config file shared with the tools.
 
+mod cache;
 pub mod config;
 pub mod engine;
 pub mod error;
+mod mapped;
 pub mod record;
 pub mod subscription;
 
-pub use config::Config;
-pub use engine::{BatchOp, Engine, Expect};
+pub use config::{CacheConfig, Config};
+pub use engine::{BatchOp, Engine, EngineStats, Expect};
 pub use error::{Error, Result};
 pub use seglog_wal as wal;
 pub use subscription::{Change, ChangeOp, Subscription};

@@ -84,6 +84,10 @@ fn run(seed: u64, ops: Vec<Op>) {
             segment_size_bytes: 4096,
             ..WalConfig::default()
         },
+        // Half the seeds without a value cache, so every get reads the log (mapped or pread).
+        cache: seglog::CacheConfig {
+            value_cache_mb: seed % 2,
+        },
     };
     let open = || {
         Engine::open_with_io(io.clone(), "/db", config.clone())
@@ -254,6 +258,7 @@ fn readers_see_consistent_values_while_writers_append_and_segments_roll() {
             segment_size_bytes: 16 << 10,
             ..WalConfig::default()
         },
+        ..Config::default()
     };
     let e = Arc::new(Engine::open(tmp.path(), config.clone()).unwrap());
     std::thread::scope(|s| {
@@ -292,4 +297,37 @@ fn readers_see_consistent_values_while_writers_append_and_segments_roll() {
     let e = Engine::open(tmp.path(), config).unwrap();
     assert_eq!(e.len(), 200);
     assert!(e.wal().stats().last_lsn >= 2000);
+}
+
+#[test]
+fn values_in_sealed_segments_read_through_maps_match_what_was_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = Config {
+        wal: WalConfig {
+            fsync: FsyncPolicy::Never,
+            segment_size_bytes: 8 << 10,
+            ..WalConfig::default()
+        },
+        cache: seglog::CacheConfig { value_cache_mb: 0 },
+    };
+    let e = Engine::open(tmp.path(), config.clone()).unwrap();
+    for i in 0..600u32 {
+        e.put(format!("k{i}").as_bytes(), &val(i as u64, (i % 300) as u16))
+            .unwrap();
+    }
+    assert!(
+        e.wal().stats().rolls > 10,
+        "the records span many sealed segments"
+    );
+    let check = |e: &Engine| {
+        for i in 0..600u32 {
+            let (v, _) = e.get(format!("k{i}").as_bytes()).unwrap().unwrap();
+            assert_eq!(v, val(i as u64, (i % 300) as u16), "k{i}");
+        }
+    };
+    check(&e);
+    e.close().unwrap();
+    let e = Engine::open(tmp.path(), config).unwrap();
+    check(&e);
+    assert_eq!(e.stats().value_cache_bytes, 0);
 }

@@ -17,6 +17,7 @@ fn config(fsync: FsyncPolicy, interval_ms: u64) -> Config {
             segment_size_bytes: 16 << 10,
             ..WalConfig::default()
         },
+        ..Config::default()
     }
 }
 

@@ -117,6 +117,9 @@ impl Io for FaultyIo {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
+    fn files_are_real(&self) -> bool {
+        self.inner.files_are_real()
+    }
     fn open_rw(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
         self.wrap(self.inner.open_rw(path), path)
     }

@@ -67,6 +67,12 @@ pub enum LockOutcome {
 pub trait Io: Send + Sync + 'static {
     /// Short name for logs and `walctl inspect` ("std", "sim", "io_uring").
     fn name(&self) -> &'static str;
+    /// True when paths name files of the OS file system, so that callers may open them
+    /// directly (the engine memory-maps sealed segments). False for simulated file systems,
+    /// whose files exist only behind this trait.
+    fn files_are_real(&self) -> bool {
+        false
+    }
     /// Opens an existing file for reading and writing.
     fn open_rw(&self, path: &Path) -> io::Result<Arc<dyn IoFile>>;
     /// Opens an existing file read-only.
@@ -245,6 +251,9 @@ impl StdIo {
 }
 
 impl Io for StdIo {
+    fn files_are_real(&self) -> bool {
+        true
+    }
     fn name(&self) -> &'static str {
         if self.direct {
             "std+direct"

@@ -231,6 +231,9 @@ impl IoFile for UringFile {
 }
 
 impl Io for UringIo {
+    fn files_are_real(&self) -> bool {
+        true
+    }
     fn name(&self) -> &'static str {
         if self.direct {
             "io_uring+direct"

@@ -184,6 +184,9 @@ struct Shared {
     durable: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
     segments: Arc<RwLock<Vec<(u64, PathBuf)>>>,
+    /// First LSN of the active segment (u64::MAX while none is active): every segment below
+    /// it is sealed.
+    active_first: AtomicU64,
     /// Read handles for `read_record`, by segment.
     read_files: Mutex<std::collections::HashMap<u64, Arc<dyn IoFile>>>,
     counters: Counters,
@@ -301,6 +304,7 @@ impl Wal {
             written: Arc::new(AtomicU64::new(last)),
             segments: Arc::new(RwLock::new(segments)),
             read_files: Mutex::new(std::collections::HashMap::new()),
+            active_first: AtomicU64::new(u64::MAX),
             counters: Counters::default(),
             prep: Mutex::new(PrepState::default()),
             prep_cv: Condvar::new(),
@@ -324,8 +328,9 @@ impl Wal {
         {
             let s = &wal.shared;
             let mut g = s.state.lock();
-            if g.active.is_none() {
-                s.open_new_segment(&mut g)?;
+            match &g.active {
+                None => s.open_new_segment(&mut g)?,
+                Some(a) => s.active_first.store(a.first_lsn, Ordering::Release),
             }
         }
         if let Durability::Batch { interval_ms } = durability {
@@ -576,6 +581,26 @@ impl Wal {
                 return s.watermark(need) >= lsn;
             }
         }
+    }
+
+    /// True when the backend's files are OS files that may be opened directly (see
+    /// [`Io::files_are_real`]).
+    pub fn files_are_real(&self) -> bool {
+        self.shared.io.files_are_real()
+    }
+
+    /// The path of segment `first_lsn` when it is sealed (never written again), else `None`
+    /// (the active segment, or no such segment).
+    pub fn sealed_segment_path(&self, first_lsn: u64) -> Option<PathBuf> {
+        if first_lsn >= self.shared.active_first.load(Ordering::Acquire) {
+            return None;
+        }
+        self.shared
+            .segments
+            .read()
+            .iter()
+            .find(|(f, _)| *f == first_lsn)
+            .map(|(_, p)| p.clone())
     }
 
     /// Highest durable LSN.
@@ -1058,6 +1083,7 @@ impl Shared {
         }
         g.pending.clear();
         g.active = None;
+        self.active_first.store(u64::MAX, Ordering::Release);
         g.written_lsn = last;
         g.durable_lsn = last;
         self.written.store(last, Ordering::Release);
@@ -1096,6 +1122,7 @@ impl Shared {
             return Err(err);
         }
         self.segments.write().push((first_lsn, path.clone()));
+        self.active_first.store(first_lsn, Ordering::Release);
         g.active = Some(Active {
             file,
             path: path.into(),
