@@ -20,6 +20,7 @@
 //! about 90 bytes plus the key.
 
 use crate::cache::ValueCache;
+use crate::checkpoint::{self, Change};
 use crate::error::{Error, Result};
 use crate::mapped::SealedMaps;
 use crate::record::Op;
@@ -30,6 +31,7 @@ use seglog_wal::format::frame_size;
 use seglog_wal::{Durability, Entry, Io, Location, Wal};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// What a conditional write expects of its key.
@@ -89,12 +91,79 @@ pub struct EngineStats {
 
 /// A key-value engine over a segmented write-ahead log.
 pub struct Engine {
-    wal: Wal,
+    wal: Arc<Wal>,
     state: RwLock<State>,
     write_lock: Mutex<()>,
     subscribers: Registry,
     maps: SealedMaps,
     cache: ValueCache,
+    report: OpenReport,
+    /// The checkpointer's nudge channel and thread, taken on close.
+    checkpointer: Mutex<Option<(std::sync::mpsc::Sender<Nudge>, std::thread::JoinHandle<()>)>>,
+    /// Segment of the last append: a change means the previous one sealed.
+    active_segment: AtomicU64,
+    /// Held while checkpoints are written (shared with the checkpointer thread).
+    checkpoint_lock: Arc<Mutex<()>>,
+}
+
+/// What [`Engine::open`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Sealed segments whose index changes came from their checkpoint.
+    pub segments_from_checkpoints: usize,
+    /// Sealed segments replayed record by record (no usable checkpoint).
+    pub segments_replayed: usize,
+    /// Records replayed (those segments and the active one).
+    pub records_replayed: u64,
+}
+
+enum Nudge {
+    SegmentSealed,
+}
+
+/// Applies the records `from..=to` to the index; returns how many.
+fn replay(wal: &Wal, state: &mut State, from: u64, to: u64) -> Result<u64> {
+    let mut n = 0;
+    for r in wal.reader(from) {
+        let r = r?;
+        if r.lsn > to {
+            break;
+        }
+        n += 1;
+        match Op::decode(&r)? {
+            Op::Put { key, .. } => {
+                state.index.insert(
+                    key.to_vec(),
+                    Slot {
+                        version: r.lsn,
+                        location: r.location,
+                    },
+                );
+            }
+            Op::Delete { key } => {
+                state.index.remove(key);
+            }
+            Op::Epoch(e) => state.epoch = state.epoch.max(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Writes the checkpoints sealed segments lack. `one_writer` serialises the background thread
+/// and `checkpoint_now`, which would otherwise write the same checkpoint through the same
+/// temporary file.
+fn write_missing_checkpoints(wal: &Wal, one_writer: &Mutex<()>) -> Result<usize> {
+    let _one_writer = one_writer.lock();
+    let mut written = 0;
+    for seg in wal.sealed_segments()? {
+        if wal.io().exists(&checkpoint::path(wal.dir(), seg.first_lsn)) {
+            continue;
+        }
+        let changes = checkpoint::build(wal, &seg)?;
+        checkpoint::write(&**wal.io(), wal.dir(), &seg, &changes)?;
+        written += 1;
+    }
+    Ok(written)
 }
 
 fn check(key: &[u8], expect: Option<Expect>, current: Option<u64>) -> Result<()> {
@@ -133,25 +202,68 @@ impl Engine {
     }
 
     fn from_wal(wal: Wal, cache_mb: u64) -> Result<Engine> {
+        let wal = Arc::new(wal);
         let mut state = State::default();
-        for r in wal.reader(wal.first_lsn()) {
-            let r = r?;
-            match Op::decode(&r)? {
-                Op::Put { key, .. } => {
-                    state.index.insert(
-                        key.to_vec(),
-                        Slot {
-                            version: r.lsn,
-                            location: r.location,
-                        },
-                    );
+        let mut report = OpenReport::default();
+        let mut next = wal.first_lsn();
+        for seg in wal.sealed_segments()? {
+            match checkpoint::load(&**wal.io(), wal.dir(), &seg) {
+                Some(changes) => {
+                    for c in changes {
+                        match c {
+                            Change::Put {
+                                key,
+                                version,
+                                offset,
+                            } => {
+                                state.index.insert(
+                                    key,
+                                    Slot {
+                                        version,
+                                        location: Location {
+                                            segment: seg.first_lsn,
+                                            offset,
+                                        },
+                                    },
+                                );
+                            }
+                            Change::Delete { key } => {
+                                state.index.remove(&key);
+                            }
+                            Change::Epoch(e) => state.epoch = state.epoch.max(e),
+                        }
+                    }
+                    report.segments_from_checkpoints += 1;
                 }
-                Op::Delete { key } => {
-                    state.index.remove(key);
+                None => {
+                    report.records_replayed +=
+                        replay(&wal, &mut state, seg.first_lsn, seg.last_lsn)?;
+                    report.segments_replayed += 1;
                 }
-                Op::Epoch(e) => state.epoch = state.epoch.max(e),
             }
+            next = seg.last_lsn + 1;
         }
+        // The active segment (and anything after the last sealed one) is replayed.
+        report.records_replayed += replay(&wal, &mut state, next, u64::MAX)?;
+        let (tx, rx) = std::sync::mpsc::channel::<Nudge>();
+        let worker_wal = wal.clone();
+        let checkpoint_lock = Arc::new(Mutex::new(()));
+        let worker_lock = checkpoint_lock.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("seglog-checkpointer".into())
+            .spawn(move || {
+                while let Ok(Nudge::SegmentSealed) = rx.recv() {
+                    if let Err(e) = write_missing_checkpoints(&worker_wal, &worker_lock) {
+                        tracing::warn!(error = %e, "could not write index checkpoints (reopening replays those segments)");
+                    }
+                }
+            })
+            .map_err(|e| seglog_wal::Error::Io { op: "spawn checkpointer thread", path: wal.dir().to_path_buf(), source: e })?;
+        if report.segments_replayed > 0 {
+            // Checkpoints were missing or unusable: write them in the background.
+            let _nudge_only = tx.send(Nudge::SegmentSealed);
+        }
+        let active_segment = AtomicU64::new(wal.stats().last_lsn);
         Ok(Engine {
             wal,
             state: RwLock::new(state),
@@ -159,7 +271,23 @@ impl Engine {
             subscribers: Registry::default(),
             maps: SealedMaps::default(),
             cache: ValueCache::new((cache_mb as usize).saturating_mul(1 << 20)),
+            report,
+            checkpointer: Mutex::new(Some((tx, checkpointer))),
+            active_segment,
+            checkpoint_lock,
         })
+    }
+
+    /// What opening did: segments loaded from checkpoints, segments and records replayed.
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    /// Writes the index checkpoint of every sealed segment that has none yet, now. Returns how
+    /// many it wrote. (A background thread does this after every roll; tests and benchmarks
+    /// call it to know the work is done.)
+    pub fn checkpoint_now(&self) -> Result<usize> {
+        write_missing_checkpoints(&self.wal, &self.checkpoint_lock)
     }
 
     /// Sets `key` to `value`; returns the new version.
@@ -270,6 +398,7 @@ impl Engine {
             })
             .collect();
         let appended = self.wal.submit_batch_located(&entries)?;
+        self.note_segment(appended.location.segment);
         {
             let mut st = self.state.write();
             let mut location = appended.location;
@@ -289,6 +418,16 @@ impl Engine {
         drop(_w);
         self.wait(appended.last_lsn)?;
         Ok((appended.first_lsn, appended.last_lsn))
+    }
+
+    /// A write landed in `segment`: when that is a new one, the previous one sealed.
+    fn note_segment(&self, segment: u64) {
+        if self.active_segment.swap(segment, Ordering::Relaxed) != segment {
+            if let Some((tx, _)) = self.checkpointer.lock().as_ref() {
+                // Only a nudge: a send fails only when the thread is gone (closing).
+                let _nudge_only = tx.send(Nudge::SegmentSealed);
+            }
+        }
     }
 
     /// Returns under the log's policy: `always` once `lsn` is durable, else at once.
@@ -386,6 +525,30 @@ impl Engine {
 
     /// Clean shutdown (see [`Wal::close`]).
     pub fn close(self) -> Result<()> {
-        Ok(self.wal.close()?)
+        let wal = self.wal.clone();
+        // Drop joins the checkpointer, the only other owner of the log.
+        drop(self);
+        match Arc::try_unwrap(wal) {
+            Ok(w) => Ok(w.close()?),
+            // Not reachable while the checkpointer is the only other owner; if it ever were,
+            // make what was appended durable rather than leave without a word.
+            Err(w) => Ok(w.sync().map(|_| ())?),
+        }
+    }
+
+    fn stop_checkpointer(&self) {
+        // Dropping the sender ends the thread's receive loop.
+        if let Some((tx, handle)) = self.checkpointer.lock().take() {
+            drop(tx);
+            if handle.join().is_err() {
+                tracing::error!("the checkpointer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop_checkpointer();
     }
 }

@@ -5,6 +5,7 @@
 //! config file shared with the tools.
 
 mod cache;
+mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -13,7 +14,7 @@ pub mod record;
 pub mod subscription;
 
 pub use config::{CacheConfig, Config};
-pub use engine::{BatchOp, Engine, EngineStats, Expect};
+pub use engine::{BatchOp, Engine, EngineStats, Expect, OpenReport};
 pub use error::{Error, Result};
 pub use seglog_wal as wal;
 pub use subscription::{Change, ChangeOp, Subscription};

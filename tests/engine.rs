@@ -23,6 +23,7 @@ enum Op {
     Get(u8),
     Reopen,
     PowerLoss,
+    Checkpoint,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -39,6 +40,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => key.clone().prop_map(Op::Get),
         1 => Just(Op::Reopen),
         1 => Just(Op::PowerLoss),
+        1 => Just(Op::Checkpoint),
     ]
 }
 
@@ -227,6 +229,9 @@ fn run(seed: u64, ops: Vec<Op>) {
                 e.close().unwrap();
                 e = open();
                 assert_equal(&e, &m, seed);
+            }
+            Op::Checkpoint => {
+                e.checkpoint_now().unwrap();
             }
             Op::PowerLoss => {
                 sim.power_loss();

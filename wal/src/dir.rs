@@ -8,6 +8,7 @@
 //!   00000000000000000001.seg    segments, named by first LSN
 //!   00000000000000004097.seg
 //!   next.seg.tmp                a segment being prepared (zero-filled) for the next roll
+//!   index/                      the engine's index checkpoints, one per sealed segment
 //! ```
 //!
 //! Invariants (docs/format.md, "Recovery"):
@@ -32,6 +33,8 @@ pub const LOCK_FILE: &str = "LOCK";
 pub const CLOSED_FILE: &str = "CLOSED";
 /// Temporary name of a segment being prepared.
 pub const SPARE_FILE: &str = "next.seg.tmp";
+/// Subdirectory where the engine keeps index checkpoints (its contents are the engine's).
+pub const INDEX_DIR: &str = "index";
 const TMP_SUFFIX: &str = ".tmp";
 
 /// What one segment looks like on disk.
@@ -111,7 +114,7 @@ impl LogView {
             let path = dir.join(&name);
             if let Some(lsn) = format::parse_segment_file_name(&name) {
                 segs.push((lsn, path));
-            } else if name == LOCK_FILE {
+            } else if name == LOCK_FILE || name == INDEX_DIR {
             } else if name == CLOSED_FILE {
                 closed_path = Some(path);
             } else if name.ends_with(TMP_SUFFIX)

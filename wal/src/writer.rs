@@ -43,6 +43,19 @@ pub const WRITE_BUFFER_BYTES: usize = 1 << 20;
 pub const MAX_LEAD_ROUNDS: u32 = 8;
 const ZERO_CHUNK: usize = 1 << 20;
 
+/// A sealed segment as its footer describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSegment {
+    /// Its first LSN (file name).
+    pub first_lsn: u64,
+    /// Its last LSN.
+    pub last_lsn: u64,
+    /// Chain value after its last record.
+    pub chain_crc: u32,
+    /// Its file.
+    pub path: PathBuf,
+}
+
 /// Segments whose read handles `Wal::read_record` keeps open.
 const READ_FILES_CACHED: usize = 64;
 
@@ -581,6 +594,42 @@ impl Wal {
                 return s.watermark(need) >= lsn;
             }
         }
+    }
+
+    /// Every sealed segment, in LSN order, as its footer describes it (one read per segment).
+    pub fn sealed_segments(&self) -> Result<Vec<SealedSegment>> {
+        let active = self.shared.active_first.load(Ordering::Acquire);
+        let segs: Vec<(u64, PathBuf)> = self
+            .shared
+            .segments
+            .read()
+            .iter()
+            .filter(|(f, _)| *f < active)
+            .cloned()
+            .collect();
+        let mut out = Vec::with_capacity(segs.len());
+        for (first, path) in segs {
+            let file = self
+                .shared
+                .io
+                .open_read(&path)
+                .map_err(|e| Error::io("open", &path, e))?;
+            let len = file.file_len().map_err(|e| Error::io("stat", &path, e))?;
+            let footer = dir::read_footer_at_end(&*file, &path, len)?
+                .ok_or_else(|| Error::corrupt(&path, len, "sealed segment without a footer"))?;
+            out.push(SealedSegment {
+                first_lsn: first,
+                last_lsn: footer.last_lsn,
+                chain_crc: footer.chain_crc,
+                path,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The I/O backend.
+    pub fn io(&self) -> &Arc<dyn Io> {
+        &self.shared.io
     }
 
     /// True when the backend's files are OS files that may be opened directly (see
