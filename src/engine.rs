@@ -368,7 +368,7 @@ impl Engine {
         Ok(appended.last_lsn)
     }
 
-    fn write(&self, ops: &[BatchOp<'_>], epoch: Option<u64>) -> Result<(u64, u64)> {
+    fn write<'a>(&self, ops: &[BatchOp<'a>], epoch: Option<u64>) -> Result<(u64, u64)> {
         let _w = self.write_lock.lock();
         {
             let st = self.state.read();
@@ -390,23 +390,37 @@ impl Engine {
             }
         }
         let no_epoch = [0u8; 8];
-        let entries: Vec<Entry<'_>> = ops
-            .iter()
-            .map(|op| match *op {
-                BatchOp::Put { key, value, .. } => Op::Put { key, value }.entry(&no_epoch),
-                BatchOp::Delete { key, .. } => Op::Delete { key }.entry(&no_epoch),
-            })
-            .collect();
-        let appended = self.wal.submit_batch_located(&entries)?;
+        let to_entry = |op: &BatchOp<'a>| match *op {
+            BatchOp::Put { key, value, .. } => Op::Put { key, value }.entry(&no_epoch),
+            BatchOp::Delete { key, .. } => Op::Delete { key }.entry(&no_epoch),
+        };
+        // A single operation (the common case) needs no heap allocation.
+        let one;
+        let many: Vec<Entry<'_>>;
+        let entries: &[Entry<'_>] = if let [op] = ops {
+            one = [to_entry(op)];
+            &one
+        } else {
+            many = ops.iter().map(to_entry).collect();
+            &many
+        };
+        let appended = self.wal.submit_batch_located(entries)?;
         self.note_segment(appended.location.segment);
         {
             let mut st = self.state.write();
             let mut location = appended.location;
-            for (i, (op, e)) in ops.iter().zip(&entries).enumerate() {
+            for (i, (op, e)) in ops.iter().zip(entries).enumerate() {
                 let version = appended.first_lsn + i as u64;
                 match *op {
                     BatchOp::Put { key, .. } => {
-                        st.index.insert(key.to_vec(), Slot { version, location });
+                        let slot = Slot { version, location };
+                        // Overwriting an existing key needs no new key allocation.
+                        match st.index.get_mut(key) {
+                            Some(s) => *s = slot,
+                            None => {
+                                st.index.insert(key.to_vec(), slot);
+                            }
+                        }
                     }
                     BatchOp::Delete { key, .. } => {
                         st.index.remove(key);
