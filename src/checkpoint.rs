@@ -50,15 +50,22 @@ pub(crate) fn path(dir: &Path, first_lsn: u64) -> PathBuf {
     dir.join(INDEX_DIR).join(format!("{first_lsn:020}.idx"))
 }
 
-/// Reads a sealed segment's records and returns the index changes they make.
-pub(crate) fn build(wal: &Wal, seg: &SealedSegment) -> Result<Vec<Change>> {
-    let mut out = Vec::new();
-    for r in wal.reader(seg.first_lsn) {
+/// Calls `f(segment, change)` for the index change of every record `from..=to`, in LSN order;
+/// returns how many. Replay on open and checkpoint building share it.
+pub(crate) fn for_each_change(
+    wal: &Wal,
+    from: u64,
+    to: u64,
+    mut f: impl FnMut(u64, Change),
+) -> Result<u64> {
+    let mut n = 0;
+    for r in wal.reader(from) {
         let r = r?;
-        if r.lsn > seg.last_lsn {
+        if r.lsn > to {
             break;
         }
-        out.push(match Op::decode(&r)? {
+        n += 1;
+        let change = match Op::decode(&r)? {
             Op::Put { key, .. } => Change::Put {
                 key: key.to_vec(),
                 version: r.lsn,
@@ -66,8 +73,16 @@ pub(crate) fn build(wal: &Wal, seg: &SealedSegment) -> Result<Vec<Change>> {
             },
             Op::Delete { key } => Change::Delete { key: key.to_vec() },
             Op::Epoch(e) => Change::Epoch(e),
-        });
+        };
+        f(r.location.segment, change);
     }
+    Ok(n)
+}
+
+/// The index changes a sealed segment's records make.
+pub(crate) fn build(wal: &Wal, seg: &SealedSegment) -> Result<Vec<Change>> {
+    let mut out = Vec::new();
+    for_each_change(wal, seg.first_lsn, seg.last_lsn, |_, c| out.push(c))?;
     Ok(out)
 }
 

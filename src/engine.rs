@@ -121,32 +121,34 @@ enum Nudge {
     SegmentSealed,
 }
 
+/// Applies one index change made by a record of `segment`.
+fn apply(state: &mut State, segment: u64, change: Change) {
+    match change {
+        Change::Put {
+            key,
+            version,
+            offset,
+        } => {
+            state.index.insert(
+                key,
+                Slot {
+                    version,
+                    location: Location { segment, offset },
+                },
+            );
+        }
+        Change::Delete { key } => {
+            state.index.remove(&key);
+        }
+        Change::Epoch(e) => state.epoch = state.epoch.max(e),
+    }
+}
+
 /// Applies the records `from..=to` to the index; returns how many.
 fn replay(wal: &Wal, state: &mut State, from: u64, to: u64) -> Result<u64> {
-    let mut n = 0;
-    for r in wal.reader(from) {
-        let r = r?;
-        if r.lsn > to {
-            break;
-        }
-        n += 1;
-        match Op::decode(&r)? {
-            Op::Put { key, .. } => {
-                state.index.insert(
-                    key.to_vec(),
-                    Slot {
-                        version: r.lsn,
-                        location: r.location,
-                    },
-                );
-            }
-            Op::Delete { key } => {
-                state.index.remove(key);
-            }
-            Op::Epoch(e) => state.epoch = state.epoch.max(e),
-        }
-    }
-    Ok(n)
+    checkpoint::for_each_change(wal, from, to, |segment, change| {
+        apply(state, segment, change)
+    })
 }
 
 /// Writes the checkpoints sealed segments lack. `one_writer` serialises the background thread
@@ -210,28 +212,7 @@ impl Engine {
             match checkpoint::load(&**wal.io(), wal.dir(), &seg) {
                 Some(changes) => {
                     for c in changes {
-                        match c {
-                            Change::Put {
-                                key,
-                                version,
-                                offset,
-                            } => {
-                                state.index.insert(
-                                    key,
-                                    Slot {
-                                        version,
-                                        location: Location {
-                                            segment: seg.first_lsn,
-                                            offset,
-                                        },
-                                    },
-                                );
-                            }
-                            Change::Delete { key } => {
-                                state.index.remove(&key);
-                            }
-                            Change::Epoch(e) => state.epoch = state.epoch.max(e),
-                        }
+                        apply(&mut state, seg.first_lsn, c);
                     }
                     report.segments_from_checkpoints += 1;
                 }
