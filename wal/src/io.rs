@@ -106,9 +106,11 @@ pub struct StdIo {
     pub direct: bool,
 }
 
-struct StdFile {
-    file: File,
-    direct: Option<DirectWriter>,
+/// An open file of the std backend: the file, and its O_DIRECT writer when opened that way.
+/// The io_uring backend's files wrap one and replace only how writes and syncs are issued.
+pub(crate) struct StdFile {
+    pub(crate) file: File,
+    pub(crate) direct: Option<DirectWriter>,
 }
 
 /// Opens with O_DIRECT; a file system that refuses it gets an error saying so.
@@ -234,19 +236,24 @@ fn rw_options() -> OpenOptions {
 }
 
 impl StdIo {
-    fn open_with(&self, path: &Path, o: &mut OpenOptions) -> io::Result<Arc<dyn IoFile>> {
+    /// Opens `path` with `o`, with O_DIRECT (and a buffered reader beside it) when configured.
+    pub(crate) fn open_file(&self, path: &Path, o: &mut OpenOptions) -> io::Result<StdFile> {
         if self.direct {
             let file = open_direct(path, o)?;
             let reader = File::open(path)?;
-            return Ok(Arc::new(StdFile {
+            return Ok(StdFile {
                 file,
                 direct: Some(DirectWriter::new(reader)),
-            }));
+            });
         }
-        Ok(Arc::new(StdFile {
+        Ok(StdFile {
             file: o.open(path)?,
             direct: None,
-        }))
+        })
+    }
+
+    fn open_with(&self, path: &Path, o: &mut OpenOptions) -> io::Result<Arc<dyn IoFile>> {
+        Ok(Arc::new(self.open_file(path, o)?))
     }
 }
 

@@ -11,11 +11,10 @@
 //! fsync completes with `-ECANCELED`, having never run); the rest of the buffer is then
 //! submitted again with its fsync.
 
-use crate::direct::DirectWriter;
-use crate::io::{open_direct, Io, IoFile, LockOutcome, StdIo};
+use crate::io::{Io, IoFile, LockOutcome, StdFile, StdIo};
 use io_uring::{opcode, squeue, types, IoUring};
 use parking_lot::Mutex;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
@@ -66,36 +65,26 @@ impl UringIo {
         }
     }
 
-    fn wrap(&self, file: File, path: &Path) -> io::Result<Arc<dyn IoFile>> {
+    fn open_with(&self, path: &Path, o: &mut OpenOptions) -> io::Result<Arc<dyn IoFile>> {
+        let inner = StdIo {
+            direct: self.direct,
+        }
+        .open_file(path, o)?;
         let ring = IoUring::new(RING_ENTRIES)?;
-        let direct = if self.direct {
-            Some(DirectWriter::new(File::open(path)?))
-        } else {
-            None
-        };
         Ok(Arc::new(UringFile {
-            file,
+            inner,
             ring: Mutex::new(ring),
-            direct,
         }))
     }
-
-    fn open_with(&self, path: &Path, o: &mut OpenOptions) -> io::Result<Arc<dyn IoFile>> {
-        let file = if self.direct {
-            open_direct(path, o)?
-        } else {
-            o.open(path)?
-        };
-        self.wrap(file, path)
-    }
 }
 
+/// A std file whose writes and syncs go through a ring; everything else is the std file's.
 struct UringFile {
-    file: File,
+    inner: StdFile,
     ring: Mutex<IoUring>,
-    direct: Option<DirectWriter>,
 }
 
+/// A completion's result as an `io::Result` (negative values are errnos).
 fn result(res: i32) -> io::Result<usize> {
     if res < 0 {
         Err(io::Error::from_raw_os_error(-res))
@@ -107,7 +96,7 @@ fn result(res: i32) -> io::Result<usize> {
 impl UringFile {
     /// Submits `buf` at `offset`, optionally linked to an fdatasync, and waits for both.
     fn submit(&self, buf: &[u8], offset: u64, sync: bool) -> io::Result<()> {
-        let fd = types::Fd(self.file.as_raw_fd());
+        let fd = types::Fd(self.inner.file.as_raw_fd());
         let mut ring = self.ring.lock();
         let mut done = 0usize;
         loop {
@@ -180,7 +169,7 @@ impl UringFile {
     }
 
     fn raw_write(&self, buf: &[u8], offset: u64, sync: bool) -> io::Result<()> {
-        match &self.direct {
+        match &self.inner.direct {
             Some(d) => {
                 d.write(buf, offset, |a, o| self.submit(a, o, false))?;
                 if sync {
@@ -201,32 +190,25 @@ impl IoFile for UringFile {
         self.raw_write(buf, offset, true)
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        crate::io::pread(
-            self.direct.as_ref().map_or(&self.file, |d| d.reader()),
-            buf,
-            offset,
-        )
+        self.inner.read_at(buf, offset)
     }
     fn sync_data(&self) -> io::Result<()> {
         self.submit(&[], 0, true)
     }
     fn sync_all(&self) -> io::Result<()> {
-        self.file.sync_all()
+        self.inner.sync_all()
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        if let Some(d) = &self.direct {
-            d.invalidate();
-        }
-        self.file.set_len(len)
+        self.inner.set_len(len)
     }
     fn file_len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        self.inner.file_len()
     }
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
-        crate::io::fallocate(&self.file, offset, len)
+        self.inner.allocate(offset, len)
     }
     fn prefetch(&self, offset: u64, len: u64) {
-        crate::io::fadvise_willneed(&self.file, offset, len)
+        self.inner.prefetch(offset, len)
     }
 }
 
