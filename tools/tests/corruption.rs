@@ -35,17 +35,7 @@ fn every_flip_and_truncation_of_a_closed_directory_is_reported() {
     let input: String = (0..400)
         .map(|i| format!("key{i}=value {i} {}\n", "z".repeat(i % 50)))
         .collect();
-    let mut child = walctl()
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "append",
-            dir.to_str().unwrap(),
-            "--fsync",
-            "never",
-            "--key-sep",
-            "=",
-        ])
+    let mut child = append_cmd(&config, &dir, &["--fsync", "never", "--key-sep", "="])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()

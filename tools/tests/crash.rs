@@ -29,15 +29,7 @@ fn crash_rounds(policy: &str, io: &str, base_rounds: u64) {
         } else {
             1 + rng.below(400)
         };
-        let mut child = walctl()
-            .args([
-                "--config",
-                config.to_str().unwrap(),
-                "append",
-                dir.to_str().unwrap(),
-                "--fsync",
-                policy,
-            ])
+        let mut child = append_cmd(&config, &dir, &["--fsync", policy])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -33,15 +33,7 @@ fn full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
     let config = small_segments_config(tmp.path(), "64KB");
     let dir = mnt.join("data");
     let input: String = (0..100_000).map(|i| format!("record-{i}\n")).collect();
-    let mut child = walctl()
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "append",
-            dir.to_str().unwrap(),
-            "--fsync",
-            "always",
-        ])
+    let mut child = append_cmd(&config, &dir, &["--fsync", "always"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -88,13 +80,7 @@ fn full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
         .status()
         .unwrap()
         .success());
-    let mut child = walctl()
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "append",
-            dir.to_str().unwrap(),
-        ])
+    let mut child = append_cmd(&config, &dir, &[])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

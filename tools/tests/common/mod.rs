@@ -85,3 +85,14 @@ pub fn config_file(dir: &Path, lines: &str) -> PathBuf {
     std::fs::write(&p, format!("[wal]\n{lines}\n")).expect("write config");
     p
 }
+
+/// `walctl --config CONFIG append DIR EXTRA...`, ready to have its stdio set and be spawned.
+pub fn append_cmd(config: &Path, dir: &Path, extra: &[&str]) -> Command {
+    let mut c = walctl();
+    c.arg("--config")
+        .arg(config)
+        .arg("append")
+        .arg(dir)
+        .args(extra);
+    c
+}
