@@ -1,9 +1,10 @@
 //! The engine: keyed records on top of the log.
 //!
-//! Every write is a log record (see [`crate::record`]); the in-memory index maps each live key to
-//! its version (the LSN of the record that last wrote it) and the location of that record's
-//! frame, from which `get` reads the value back (checksum checked). The index is rebuilt by
-//! replaying the log on open.
+//! Every write is a log record (see [`crate::record`]); the index ([`crate::index`]) maps each
+//! live key to its version (the LSN of the record that last wrote it) and the location of that
+//! record's frame, from which `get` reads the value back (checksum checked). Opening loads the
+//! index's run files (checkpoints written after each roll) and replays only what they do not
+//! cover.
 //!
 //! # Invariants
 //! - One writer at a time decides: conditions are checked, the records are handed to the log
@@ -16,22 +17,22 @@
 //!
 //! Limits: keys up to 65535 bytes; a batch (keys, values and 32 bytes per record) must fit in
 //! one segment minus 104 bytes, else `RecordTooLarge` before anything is written, so nothing is
-//! ever accepted that a later open would refuse. Index cost: a `BTreeMap` entry per live key,
-//! about 90 bytes plus the key.
+//! ever accepted that a later open would refuse. Index cost: per key changed in the active
+//! segment, a memtable entry in memory (about 90 bytes plus the key); per key in a run file, 32
+//! bytes plus the key and 10 bloom bits, mapped from the file (page cache, not heap).
 
 use crate::cache::ValueCache;
-use crate::checkpoint::{self, Change};
 use crate::error::{Error, Result};
+use crate::index::{self, Index, IndexShape};
 use crate::mapped::SealedMaps;
 use crate::record::Op;
+use crate::run::Slot;
 use crate::subscription::{Registry, Subscription};
 use crate::Config;
 use parking_lot::{Mutex, RwLock};
 use seglog_wal::format::frame_size;
-use seglog_wal::{Durability, Entry, Io, Location, Wal};
-use std::collections::BTreeMap;
+use seglog_wal::{Durability, Entry, Io, Wal};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// What a conditional write expects of its key.
@@ -64,27 +65,17 @@ pub enum BatchOp<'a> {
     },
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    version: u64,
-    location: Location,
-}
-
-#[derive(Default)]
-struct State {
-    index: BTreeMap<Vec<u8>, Slot>,
-    epoch: u64,
-}
-
 /// What [`Engine::stats`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineStats {
-    /// Live keys.
+    /// Live keys (counting them reads every layer of the index once).
     pub keys: usize,
     /// The log's epoch.
     pub epoch: u64,
     /// Bytes in the value cache.
     pub value_cache_bytes: usize,
+    /// How the index is made up: layers, memtables, run files.
+    pub index: IndexShape,
     /// The log's counters (the I/O backend among them).
     pub wal: seglog_wal::WalStats,
 }
@@ -92,7 +83,7 @@ pub struct EngineStats {
 /// A key-value engine over a segmented write-ahead log.
 pub struct Engine {
     wal: Arc<Wal>,
-    state: RwLock<State>,
+    state: Arc<RwLock<Index>>,
     write_lock: Mutex<()>,
     subscribers: Registry,
     maps: SealedMaps,
@@ -100,16 +91,16 @@ pub struct Engine {
     report: OpenReport,
     /// The checkpointer's nudge channel and thread, taken on close.
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<Nudge>, std::thread::JoinHandle<()>)>>,
-    /// Segment of the last append: a change means the previous one sealed.
-    active_segment: AtomicU64,
-    /// Held while checkpoints are written (shared with the checkpointer thread).
+    /// Held while index runs are written or merged (shared with the checkpointer thread).
     checkpoint_lock: Arc<Mutex<()>>,
 }
 
 /// What [`Engine::open`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OpenReport {
-    /// Sealed segments whose index changes came from their checkpoint.
+    /// Index run files (checkpoints) loaded.
+    pub run_files: usize,
+    /// Sealed segments those run files cover.
     pub segments_from_checkpoints: usize,
     /// Sealed segments replayed record by record (no usable checkpoint).
     pub segments_replayed: usize,
@@ -119,53 +110,6 @@ pub struct OpenReport {
 
 enum Nudge {
     SegmentSealed,
-}
-
-/// Applies one index change made by a record of `segment`.
-fn apply(state: &mut State, segment: u64, change: Change) {
-    match change {
-        Change::Put {
-            key,
-            version,
-            offset,
-        } => {
-            state.index.insert(
-                key,
-                Slot {
-                    version,
-                    location: Location { segment, offset },
-                },
-            );
-        }
-        Change::Delete { key } => {
-            state.index.remove(&key);
-        }
-        Change::Epoch(e) => state.epoch = state.epoch.max(e),
-    }
-}
-
-/// Applies the records `from..=to` to the index; returns how many.
-fn replay(wal: &Wal, state: &mut State, from: u64, to: u64) -> Result<u64> {
-    checkpoint::for_each_change(wal, from, to, |segment, change| {
-        apply(state, segment, change)
-    })
-}
-
-/// Writes the checkpoints sealed segments lack. `one_writer` serialises the background thread
-/// and `checkpoint_now`, which would otherwise write the same checkpoint through the same
-/// temporary file.
-fn write_missing_checkpoints(wal: &Wal, one_writer: &Mutex<()>) -> Result<usize> {
-    let _one_writer = one_writer.lock();
-    let mut written = 0;
-    for seg in wal.sealed_segments()? {
-        if wal.io().exists(&checkpoint::path(wal.dir(), seg.first_lsn)) {
-            continue;
-        }
-        let changes = checkpoint::build(wal, &seg)?;
-        checkpoint::write(&**wal.io(), wal.dir(), &seg, &changes)?;
-        written += 1;
-    }
-    Ok(written)
 }
 
 fn check(key: &[u8], expect: Option<Expect>, current: Option<u64>) -> Result<()> {
@@ -205,56 +149,45 @@ impl Engine {
 
     fn from_wal(wal: Wal, cache_mb: u64) -> Result<Engine> {
         let wal = Arc::new(wal);
-        let mut state = State::default();
-        let mut report = OpenReport::default();
-        let mut next = wal.first_lsn();
-        for seg in wal.sealed_segments()? {
-            match checkpoint::load(&**wal.io(), wal.dir(), &seg) {
-                Some(changes) => {
-                    for c in changes {
-                        apply(&mut state, seg.first_lsn, c);
-                    }
-                    report.segments_from_checkpoints += 1;
-                }
-                None => {
-                    report.records_replayed +=
-                        replay(&wal, &mut state, seg.first_lsn, seg.last_lsn)?;
-                    report.segments_replayed += 1;
-                }
-            }
-            next = seg.last_lsn + 1;
-        }
-        // The active segment (and anything after the last sealed one) is replayed.
-        report.records_replayed += replay(&wal, &mut state, next, u64::MAX)?;
+        let (index, loaded) = Index::open(&wal)?;
+        let report = OpenReport {
+            run_files: loaded.run_files,
+            segments_from_checkpoints: loaded.segments_from_runs,
+            segments_replayed: loaded.segments_replayed,
+            records_replayed: loaded.records_replayed,
+        };
+        let state = Arc::new(RwLock::new(index));
         let (tx, rx) = std::sync::mpsc::channel::<Nudge>();
         let worker_wal = wal.clone();
+        let worker_state = state.clone();
         let checkpoint_lock = Arc::new(Mutex::new(()));
         let worker_lock = checkpoint_lock.clone();
         let checkpointer = std::thread::Builder::new()
             .name("seglog-checkpointer".into())
             .spawn(move || {
-                while let Ok(Nudge::SegmentSealed) = rx.recv() {
-                    if let Err(e) = write_missing_checkpoints(&worker_wal, &worker_lock) {
-                        tracing::warn!(error = %e, "could not write index checkpoints (reopening replays those segments)");
+                let (wal, state, lock) = (&*worker_wal, &*worker_state, &*worker_lock);
+                if let Err(e) = index::remove_unused(wal, state, lock) {
+                    tracing::warn!(error = %e, "could not clean the index directory");
+                }
+                // Runs replayed at open are written at once; later work comes with each roll.
+                let mut nudged = Ok(Nudge::SegmentSealed);
+                while let Ok(Nudge::SegmentSealed) = nudged {
+                    if let Err(e) = index::maintain(wal, state, lock) {
+                        tracing::warn!(error = %e, "could not write index runs (the index stays in memory; reopening replays those segments)");
                     }
+                    nudged = rx.recv();
                 }
             })
             .map_err(|e| seglog_wal::Error::Io { op: "spawn checkpointer thread", path: wal.dir().to_path_buf(), source: e })?;
-        if report.segments_replayed > 0 {
-            // Checkpoints were missing or unusable: write them in the background.
-            let _nudge_only = tx.send(Nudge::SegmentSealed);
-        }
-        let active_segment = AtomicU64::new(wal.stats().last_lsn);
         Ok(Engine {
             wal,
-            state: RwLock::new(state),
+            state,
             write_lock: Mutex::new(()),
             subscribers: Registry::default(),
             maps: SealedMaps::default(),
             cache: ValueCache::new((cache_mb as usize).saturating_mul(1 << 20)),
             report,
             checkpointer: Mutex::new(Some((tx, checkpointer))),
-            active_segment,
             checkpoint_lock,
         })
     }
@@ -264,11 +197,11 @@ impl Engine {
         &self.report
     }
 
-    /// Writes the index checkpoint of every sealed segment that has none yet, now. Returns how
-    /// many it wrote. (A background thread does this after every roll; tests and benchmarks
-    /// call it to know the work is done.)
+    /// Writes, now, the index runs (checkpoints) of every sealed segment that has none yet and
+    /// merges run files of comparable size. Returns how many run files it wrote. (A background
+    /// thread does this after every roll; tests and benchmarks call it to know the work is done.)
     pub fn checkpoint_now(&self) -> Result<usize> {
-        write_missing_checkpoints(&self.wal, &self.checkpoint_lock)
+        index::maintain(&self.wal, &self.state, &self.checkpoint_lock)
     }
 
     /// Sets `key` to `value`; returns the new version.
@@ -332,7 +265,7 @@ impl Engine {
     /// current one.
     pub fn fence(&self, epoch: u64) -> Result<u64> {
         let _w = self.write_lock.lock();
-        let current = self.state.read().epoch;
+        let current = self.state.read().epoch();
         if epoch <= current {
             return Err(Error::StaleEpoch {
                 writer: epoch,
@@ -343,7 +276,11 @@ impl Engine {
         let appended = self
             .wal
             .submit_batch_located(&[Op::Epoch(epoch).entry(&bytes)])?;
-        self.state.write().epoch = epoch;
+        {
+            let mut st = self.state.write();
+            self.roll(&mut st, appended.location.segment);
+            st.fence(epoch);
+        }
         drop(_w);
         self.wait(appended.last_lsn)?;
         Ok(appended.last_lsn)
@@ -354,10 +291,10 @@ impl Engine {
         {
             let st = self.state.read();
             if let Some(e) = epoch {
-                if e < st.epoch {
+                if e < st.epoch() {
                     return Err(Error::StaleEpoch {
                         writer: e,
-                        log: st.epoch,
+                        log: st.epoch(),
                     });
                 }
             }
@@ -367,7 +304,9 @@ impl Engine {
                         (key, expect)
                     }
                 };
-                check(key, expect, st.index.get(key).map(|s| s.version))?;
+                if expect.is_some() {
+                    check(key, expect, st.get(key).map(|s| s.version))?;
+                }
             }
         }
         let no_epoch = [0u8; 8];
@@ -386,26 +325,15 @@ impl Engine {
             &many
         };
         let appended = self.wal.submit_batch_located(entries)?;
-        self.note_segment(appended.location.segment);
         {
             let mut st = self.state.write();
+            self.roll(&mut st, appended.location.segment);
             let mut location = appended.location;
             for (i, (op, e)) in ops.iter().zip(entries).enumerate() {
                 let version = appended.first_lsn + i as u64;
                 match *op {
-                    BatchOp::Put { key, .. } => {
-                        let slot = Slot { version, location };
-                        // Overwriting an existing key needs no new key allocation.
-                        match st.index.get_mut(key) {
-                            Some(s) => *s = slot,
-                            None => {
-                                st.index.insert(key.to_vec(), slot);
-                            }
-                        }
-                    }
-                    BatchOp::Delete { key, .. } => {
-                        st.index.remove(key);
-                    }
+                    BatchOp::Put { key, .. } => st.set(key, Some(Slot { version, location })),
+                    BatchOp::Delete { key, .. } => st.set(key, None),
                 }
                 location.offset += frame_size(e.key.len(), e.value.len()) as u64;
             }
@@ -415,9 +343,10 @@ impl Engine {
         Ok((appended.first_lsn, appended.last_lsn))
     }
 
-    /// A write landed in `segment`: when that is a new one, the previous one sealed.
-    fn note_segment(&self, segment: u64) {
-        if self.active_segment.swap(segment, Ordering::Relaxed) != segment {
+    /// Records landed in `segment`: when that is a new one, the previous one sealed, the
+    /// index freezes its memtable and the checkpointer is nudged to write it as a run.
+    fn roll(&self, st: &mut Index, segment: u64) {
+        if st.roll(segment) {
             if let Some((tx, _)) = self.checkpointer.lock().as_ref() {
                 // Only a nudge: a send fails only when the thread is gone (closing).
                 let _nudge_only = tx.send(Nudge::SegmentSealed);
@@ -436,7 +365,7 @@ impl Engine {
     /// The value of `key` and its version: from the value cache, else read back from the log
     /// (through a memory map for sealed segments, `pread` for the active one; checksum checked).
     pub fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>> {
-        let Some(slot) = self.state.read().index.get(key).copied() else {
+        let Some(slot) = self.state.read().get(key) else {
             return Ok(None);
         };
         if let Some(v) = self.cache.get(slot.version) {
@@ -458,34 +387,33 @@ impl Engine {
 
     /// The current version of `key`, if it exists.
     pub fn version(&self, key: &[u8]) -> Option<u64> {
-        self.state.read().index.get(key).map(|s| s.version)
+        self.state.read().get(key).map(|s| s.version)
     }
 
     /// Live keys from `from` on (inclusive), in order, with their versions; at most `limit`.
     pub fn scan(&self, from: &[u8], limit: usize) -> Vec<(Vec<u8>, u64)> {
-        self.state
-            .read()
-            .index
-            .range(from.to_vec()..)
-            .take(limit)
-            .map(|(k, s)| (k.clone(), s.version))
-            .collect()
+        self.state.read().scan(from, limit)
     }
 
     /// Counters: keys, epoch, value cache and the log's.
     pub fn stats(&self) -> EngineStats {
-        let st = self.state.read();
+        let (snapshot, epoch, index) = {
+            let st = self.state.read();
+            (st.count_snapshot(), st.epoch(), st.shape())
+        };
         EngineStats {
-            keys: st.index.len(),
-            epoch: st.epoch,
+            keys: Index::count_live(&snapshot),
+            epoch,
             value_cache_bytes: self.cache.bytes(),
+            index,
             wal: self.wal.stats(),
         }
     }
 
-    /// Number of live keys.
+    /// Number of live keys. Counting reads every layer of the index once: O(keys).
     pub fn len(&self) -> usize {
-        self.state.read().index.len()
+        let snapshot = self.state.read().count_snapshot();
+        Index::count_live(&snapshot)
     }
 
     /// True when no key is live.
@@ -495,7 +423,7 @@ impl Engine {
 
     /// The log's epoch (0 until the first fence).
     pub fn epoch(&self) -> u64 {
-        self.state.read().epoch
+        self.state.read().epoch()
     }
 
     /// Every change from `from_lsn` on (clamped to the oldest LSN held): first those on disk,

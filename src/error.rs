@@ -31,6 +31,10 @@ pub enum Error {
         log: u64,
     },
 
+    /// The index's own bookkeeping failed (a run that does not read back as written).
+    #[error("index: {0}")]
+    Index(String),
+
     /// A record in the log that the engine cannot interpret.
     #[error("log record {lsn} is not an engine record: {reason}")]
     Malformed {

@@ -5,16 +5,18 @@
 //! config file shared with the tools.
 
 mod cache;
-mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod error;
+mod index;
 mod mapped;
 pub mod record;
+mod run;
 pub mod subscription;
 
 pub use config::{CacheConfig, Config};
 pub use engine::{BatchOp, Engine, EngineStats, Expect, OpenReport};
 pub use error::{Error, Result};
+pub use index::IndexShape;
 pub use seglog_wal as wal;
 pub use subscription::{Change, ChangeOp, Subscription};

@@ -15,6 +15,11 @@
 //!
 //! Even so, nothing read through a map is trusted: a frame is returned only when its checksum
 //! and LSN hold, exactly as for `pread`.
+//!
+//! The index's run files (see [`crate::run`]) are mapped under the same rules: a run file is
+//! written whole under a temporary name, fsynced and renamed into place, never written again,
+//! and only unlinked (never truncated) once a merged run replaces it; every run is checksummed
+//! when it is opened and every access to it is bounds-checked.
 
 use crate::error::{Error, Result};
 use memmap2::Mmap;
@@ -23,6 +28,25 @@ use seglog_wal::format::{self, Frame};
 use seglog_wal::{Location, Record, Wal};
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// A read-only map of an immutable file (a run file of the index).
+pub(crate) struct Mapped(Mmap);
+
+impl Mapped {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Maps the run file at `path`.
+pub(crate) fn map_file(path: &std::path::Path) -> std::io::Result<Mapped> {
+    let file = std::fs::File::open(path)?;
+    // SAFETY: run files are immutable once renamed into place and are only ever unlinked, never
+    // truncated or rewritten (module docs): the mapped bytes stay as they are while the map
+    // lives (an unlinked file stays mapped intact). The caller checksums the bytes before use.
+    let map = unsafe { Mmap::map(&file) }?;
+    Ok(Mapped(map))
+}
 
 /// Maps of sealed segments, by first LSN, created on first use.
 #[derive(Default)]

@@ -1,12 +1,17 @@
-//! Index checkpoints: reopening uses them, and a missing, truncated or damaged one falls back to
-//! replaying its segment, never to a wrong index.
+//! Index checkpoints (run files): reopening uses them instead of replaying, and a missing,
+//! truncated, damaged, misnamed or foreign one falls back to replaying the segments it covers,
+//! never to a wrong index. Failing to write them costs nothing but replay.
 
-use seglog::wal::{FsyncPolicy, WalConfig};
+use seglog::wal::sim::{Faults, SimIo};
+use seglog::wal::{FsyncPolicy, Io, WalConfig};
 use seglog::{Config, Engine};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Every key's (value, version), or None when absent.
 type State = Vec<(Vec<u8>, Option<(Vec<u8>, u64)>)>;
+
+const KEYS: u32 = 300;
 
 fn config() -> Config {
     Config {
@@ -19,10 +24,9 @@ fn config() -> Config {
     }
 }
 
-fn fill(dir: &Path) -> State {
-    let e = Engine::open(dir, config()).unwrap();
-    for i in 0..2000u32 {
-        let k = format!("k{}", i % 300);
+fn write_history(e: &Engine, range: std::ops::Range<u32>) {
+    for i in range {
+        let k = format!("k{}", i % KEYS);
         if i % 7 == 0 {
             e.delete(k.as_bytes()).unwrap();
         } else {
@@ -32,6 +36,11 @@ fn fill(dir: &Path) -> State {
             e.fence(4).unwrap();
         }
     }
+}
+
+fn fill(dir: &Path) -> State {
+    let e = Engine::open(dir, config()).unwrap();
+    write_history(&e, 0..2000);
     e.checkpoint_now().unwrap();
     let state = snapshot(&e);
     e.close().unwrap();
@@ -39,67 +48,225 @@ fn fill(dir: &Path) -> State {
 }
 
 fn snapshot(e: &Engine) -> State {
-    (0..300)
+    (0..KEYS)
         .map(|i| format!("k{i}").into_bytes())
         .map(|k| (k.clone(), e.get(&k).unwrap()))
         .collect()
 }
 
-fn checkpoints(dir: &Path) -> Vec<PathBuf> {
+fn runs(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("index"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .filter(|p| p.extension().is_some_and(|x| x == "run"))
         .collect();
     v.sort();
     v
 }
 
+fn sealed_segments(dir: &Path) -> usize {
+    let n = std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "seg")
+        })
+        .count();
+    n - 1
+}
+
 #[test]
-fn reopen_reads_checkpoints_instead_of_replaying_sealed_segments() {
+fn reopen_reads_runs_instead_of_replaying_sealed_segments() {
     let tmp = tempfile::tempdir().unwrap();
     let before = fill(tmp.path());
-    let n = checkpoints(tmp.path()).len();
-    assert!(n >= 8, "{n} checkpoints");
+    let files = runs(tmp.path());
+    let sealed = sealed_segments(tmp.path());
+    assert!(sealed >= 8, "{sealed} sealed segments");
+    // Merged: far fewer run files than segments.
+    assert!(
+        files.len() <= 2 + (sealed as f64).log2().ceil() as usize,
+        "{} run files for {sealed} segments",
+        files.len()
+    );
     let e = Engine::open(tmp.path(), config()).unwrap();
     let r = e.open_report().clone();
-    assert_eq!((r.segments_from_checkpoints, r.segments_replayed), (n, 0));
+    assert_eq!(r.run_files, files.len(), "{r:?}");
+    assert_eq!(
+        (r.segments_from_checkpoints, r.segments_replayed),
+        (sealed, 0)
+    );
     assert!(
         r.records_replayed < 2000 / 10,
         "only the active segment is replayed: {r:?}"
     );
     assert_eq!(snapshot(&e), before);
     assert_eq!(e.epoch(), 4);
+    let live = before.iter().filter(|(_, v)| v.is_some()).count();
+    assert_eq!(e.len(), live);
+    assert_eq!(e.scan(b"", usize::MAX).len(), live);
+}
+
+/// One way to damage the run files of a closed directory.
+type Damage = fn(&[PathBuf]);
+
+#[test]
+fn missing_truncated_damaged_or_foreign_runs_fall_back_to_replay() {
+    let damages: [(&str, Damage); 6] = [
+        ("deleted", |r| std::fs::remove_file(&r[0]).unwrap()),
+        ("truncated", |r| {
+            let b = std::fs::read(&r[0]).unwrap();
+            std::fs::write(&r[0], &b[..b.len() / 2]).unwrap();
+        }),
+        ("bit flipped", |r| {
+            let mut b = std::fs::read(&r[0]).unwrap();
+            let mid = b.len() / 2;
+            b[mid] ^= 0x01;
+            std::fs::write(&r[0], &b).unwrap();
+        }),
+        ("emptied", |r| std::fs::write(&r[0], b"").unwrap()),
+        ("renamed to claim the first segment only", |r| {
+            let dir = r[0].parent().unwrap().parent().unwrap();
+            let mut segs: Vec<u64> = std::fs::read_dir(dir)
+                .unwrap()
+                .filter_map(|e| {
+                    let n = e.unwrap().file_name().into_string().unwrap();
+                    n.strip_suffix(".seg").and_then(|s| s.parse().ok())
+                })
+                .collect();
+            segs.sort();
+            let name = format!("{:020}-{:020}.run", segs[0], segs[1] - 1);
+            std::fs::rename(&r[0], r[0].with_file_name(name)).unwrap();
+        }),
+        ("every run replaced by garbage", |r| {
+            for p in r {
+                std::fs::write(p, vec![0xA5u8; 4096]).unwrap();
+            }
+        }),
+    ];
+    for (what, damage) in damages {
+        let tmp = tempfile::tempdir().unwrap();
+        let before = fill(tmp.path());
+        let files = runs(tmp.path());
+        assert!(!files.is_empty(), "{what}");
+        damage(&files);
+        let e = Engine::open(tmp.path(), config()).unwrap();
+        let r = e.open_report().clone();
+        assert!(r.segments_replayed >= 1, "{what}: {r:?}");
+        assert_eq!(snapshot(&e), before, "{what}");
+        assert_eq!(e.epoch(), 4, "{what}");
+        // The replayed segments get runs again, so the next open replays nothing sealed.
+        e.checkpoint_now().unwrap();
+        e.close().unwrap();
+        let e = Engine::open(tmp.path(), config()).unwrap();
+        assert_eq!(e.open_report().segments_replayed, 0, "{what}");
+        assert_eq!(snapshot(&e), before, "{what}");
+        assert_eq!(e.epoch(), 4, "{what}");
+    }
 }
 
 #[test]
-fn missing_truncated_or_damaged_checkpoints_fall_back_to_replay() {
+fn a_run_of_another_log_is_not_used() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let before = fill(a.path());
+    // Same keys and record sizes, other values: same LSN ranges, other chain values.
+    let e = Engine::open(b.path(), config()).unwrap();
+    for i in 0..2000u32 {
+        let k = format!("k{}", i % KEYS);
+        if i % 7 == 0 {
+            e.delete(k.as_bytes()).unwrap();
+        } else {
+            e.put(k.as_bytes(), format!("w{i}").as_bytes()).unwrap();
+        }
+        if i == 1000 {
+            e.fence(4).unwrap();
+        }
+    }
+    e.checkpoint_now().unwrap();
+    e.close().unwrap();
+    for p in runs(a.path()) {
+        std::fs::remove_file(p).unwrap();
+    }
+    for p in runs(b.path()) {
+        std::fs::copy(&p, a.path().join("index").join(p.file_name().unwrap())).unwrap();
+    }
+    let e = Engine::open(a.path(), config()).unwrap();
+    assert_eq!(e.open_report().run_files, 0, "{:?}", e.open_report());
+    assert_eq!(snapshot(&e), before);
+}
+
+#[test]
+fn leftovers_of_an_interrupted_merge_are_ignored_and_removed() {
     let tmp = tempfile::tempdir().unwrap();
-    let before = fill(tmp.path());
-    let cps = checkpoints(tmp.path());
-    std::fs::remove_file(&cps[1]).unwrap();
-    let b = std::fs::read(&cps[3]).unwrap();
-    std::fs::write(&cps[3], &b[..b.len() / 2]).unwrap();
-    let mut b = std::fs::read(&cps[5]).unwrap();
-    let mid = b.len() / 2;
-    b[mid] ^= 0x01;
-    std::fs::write(&cps[5], &b).unwrap();
-    // A checkpoint of another segment under this one's name must not be used either.
-    std::fs::copy(&cps[8], &cps[7]).unwrap();
+    let e = Engine::open(tmp.path(), config()).unwrap();
+    write_history(&e, 0..1000);
+    e.checkpoint_now().unwrap();
+    // Runs that later merges replace: put back afterwards, they are what a crash between a
+    // merged run's rename and the unlinking of its inputs leaves behind.
+    let early: Vec<(PathBuf, Vec<u8>)> = runs(tmp.path())
+        .into_iter()
+        .filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b)))
+        .collect();
+    write_history(&e, 1000..2000);
+    e.checkpoint_now().unwrap();
+    let before = snapshot(&e);
+    e.close().unwrap();
+    let merged = runs(tmp.path());
+    let mut restored = 0;
+    for (p, b) in &early {
+        if !p.exists() {
+            std::fs::write(p, b).unwrap();
+            restored += 1;
+        }
+    }
+    assert!(restored > 0, "merges replaced none of {early:?}");
+    // And a run file being written when the process died.
+    let tmp_file = tmp
+        .path()
+        .join("index/00000000000000000001-00000000000000000002.run.tmp");
+    std::fs::write(&tmp_file, b"half").unwrap();
 
     let e = Engine::open(tmp.path(), config()).unwrap();
     let r = e.open_report().clone();
-    assert_eq!(r.segments_replayed, 4, "{r:?}");
-    assert_eq!(r.segments_from_checkpoints, cps.len() - 4);
+    assert_eq!(
+        (r.segments_replayed, r.run_files),
+        (0, merged.len()),
+        "{r:?}"
+    );
     assert_eq!(snapshot(&e), before);
-    assert_eq!(e.epoch(), 4);
-    // Rewritten (the broken ones replaced), so the next open uses them all.
-    std::fs::remove_file(&cps[3]).unwrap();
-    std::fs::remove_file(&cps[5]).unwrap();
-    std::fs::remove_file(&cps[7]).unwrap();
-    e.checkpoint_now().unwrap();
+    // The checkpointer removes what no layer uses when it starts; closing waits for it.
     e.close().unwrap();
+    assert_eq!(runs(tmp.path()), merged);
+    assert!(!tmp_file.exists());
     let e = Engine::open(tmp.path(), config()).unwrap();
+    assert_eq!(snapshot(&e), before);
+}
+
+#[test]
+fn a_failed_run_write_loses_nothing_and_is_retried() {
+    let sim = SimIo::new(7);
+    let io: Arc<dyn Io> = Arc::new(sim.clone());
+    let mut cfg = config();
+    cfg.wal.fsync = FsyncPolicy::Always;
+    let e = Engine::open_with_io(io.clone(), "/db", cfg.clone()).unwrap();
+    // The next write of a run file fails (the log's own writes do not).
+    sim.set_faults(Faults {
+        fail_write_in: Some(1),
+        only_files_ending: Some(".run.tmp".into()),
+        ..Faults::default()
+    });
+    write_history(&e, 0..2000);
+    // The fault was hit (by the background checkpointer); the next attempt writes them all.
+    assert_eq!(sim.faults().fail_write_in, None);
+    e.checkpoint_now().unwrap();
+    let before = snapshot(&e);
+    sim.power_loss();
+    drop(e);
+    let e = Engine::open_with_io(io.clone(), "/db", cfg).unwrap();
     assert_eq!(e.open_report().segments_replayed, 0);
     assert_eq!(snapshot(&e), before);
+    assert_eq!(e.epoch(), 4);
 }

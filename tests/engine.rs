@@ -27,7 +27,7 @@ enum Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let key = 0u8..12;
+    let key = 0u8..24;
     prop_oneof![
         8 => (key.clone(), 0u16..400).prop_map(|(k, l)| Op::Put(k, l)),
         3 => key.clone().prop_map(Op::Delete),

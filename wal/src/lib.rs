@@ -36,5 +36,5 @@ pub use dir::{LogView, SegmentInfo};
 pub use error::{Error, Result};
 pub use format::{Entry, Location, Record};
 pub use io::{Io, IoFile, StdIo};
-pub use reader::{TailState, WalReader};
+pub use reader::{RecordRef, TailState, WalReader};
 pub use writer::{Appended, RecoveryReport, SealedSegment, TornTail, Wal, WalStats};

@@ -12,7 +12,8 @@
 
 use crate::error::{Error, Result};
 use crate::format::{
-    self, Frame, Location, Record, SegmentFooter, SegmentHeader, FRAME_ALIGN, HEADER_LEN,
+    self, Frame, FrameView, Location, Record, SegmentFooter, SegmentHeader, FLAG_BATCH_CONTINUES,
+    FRAME_ALIGN, HEADER_LEN, RECORD_HEADER_LEN,
 };
 use crate::io::{Io, IoFile};
 use std::path::{Path, PathBuf};
@@ -553,7 +554,8 @@ impl WalReader {
         Ok(Some(c))
     }
 
-    fn advance(&mut self) -> Result<Option<Record>> {
+    /// Steps to the next record; its frame is then `self.cursor`'s `frame_bytes()`.
+    fn advance(&mut self) -> Result<Option<(FrameView, Location)>> {
         // Bytes buffered by an earlier call may predate writes the watermark now covers: the
         // first end or bad frame below the watermark is read again from disk before it counts.
         let mut reread = false;
@@ -581,9 +583,8 @@ impl WalReader {
                         segment: cursor.header.first_lsn,
                         offset: cursor.offset() - v.size as u64,
                     };
-                    let rec = v.to_record(cursor.frame_bytes(), location);
                     self.from_lsn = v.lsn + 1;
-                    return Ok(Some(rec));
+                    return Ok(Some((v, location)));
                 }
                 Step::Footer { footer, offset } => {
                     if footer.last_lsn != cursor.expected_lsn - 1
@@ -638,6 +639,57 @@ impl WalReader {
     }
 }
 
+impl WalReader {
+    /// As [`Iterator::next`], but lends the record to `f` in the reader's buffer instead of
+    /// copying its key and value (replay uses it: most records need only their key).
+    pub fn next_with<R>(&mut self, f: impl FnOnce(RecordRef<'_>) -> R) -> Option<Result<R>> {
+        if self.failed {
+            return None;
+        }
+        match self.advance() {
+            Ok(Some((v, location))) => {
+                // `advance` returned a record, so the cursor is present and holds its frame.
+                let buf = self.cursor.as_ref().map_or(&[][..], |c| c.frame_bytes());
+                let k = RECORD_HEADER_LEN;
+                let key = buf.get(k..k + v.key_len).unwrap_or(&[]);
+                let value = buf
+                    .get(k + v.key_len..k + v.key_len + v.value_len)
+                    .unwrap_or(&[]);
+                Some(Ok(f(RecordRef {
+                    lsn: v.lsn,
+                    kind: v.kind,
+                    key,
+                    value,
+                    batch_continues: v.flags & FLAG_BATCH_CONTINUES != 0,
+                    location,
+                })))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// A record lent by [`WalReader::next_with`]: key and value borrowed from the reader's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// Log sequence number.
+    pub lsn: u64,
+    /// Caller-defined kind.
+    pub kind: u8,
+    /// Key bytes.
+    pub key: &'a [u8],
+    /// Value bytes.
+    pub value: &'a [u8],
+    /// True when more records of the same atomic batch follow.
+    pub batch_continues: bool,
+    /// Where the record's frame is.
+    pub location: Location,
+}
+
 impl Iterator for WalReader {
     type Item = Result<Record>;
 
@@ -646,7 +698,11 @@ impl Iterator for WalReader {
             return None;
         }
         match self.advance() {
-            Ok(r) => r.map(Ok),
+            Ok(Some((v, location))) => {
+                let buf = self.cursor.as_ref().map_or(&[][..], |c| c.frame_bytes());
+                Some(Ok(v.to_record(buf, location)))
+            }
+            Ok(None) => None,
             Err(e) => {
                 self.failed = true;
                 Some(Err(e))

@@ -627,6 +627,12 @@ impl Wal {
         Ok(out)
     }
 
+    /// First LSN (file name) of the segment appends go to, if one is open.
+    pub fn active_segment(&self) -> Option<u64> {
+        let a = self.shared.active_first.load(Ordering::Acquire);
+        (a != u64::MAX).then_some(a)
+    }
+
     /// The I/O backend.
     pub fn io(&self) -> &Arc<dyn Io> {
         &self.shared.io

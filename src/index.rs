@@ -1,0 +1,658 @@
+//! The index: every live key's version and record location, in layers.
+//!
+//! ```text
+//!   newest                                                                 oldest
+//!   active memtable | frozen memtable | run (memory) | run file | ... | run file
+//!   [a, ...]          [f, a-1]          [r, f-1]       [p, r-1]          [log start, ...]
+//! ```
+//! - The **active memtable** (an ordered map) takes the changes of the records appended to the
+//!   active segment since it began (or since the open replayed it).
+//! - When the log rolls, the active memtable is **frozen** as it is: its LSN range ends exactly
+//!   at the end of the segment that just sealed.
+//! - A **run** ([`crate::run`]) is sorted and immutable. Opening builds runs in memory for the
+//!   segments it must replay; a background task writes frozen memtables and in-memory runs
+//!   as run files (the checkpoints), and merges run files whose sizes are comparable, so the
+//!   number of layers stays logarithmic in the number of keys.
+//!
+//! # Invariants
+//! - The layers' LSN ranges are contiguous and do not overlap; together with the active
+//!   memtable they cover the log from its first LSN to the last appended record.
+//! - A key's state is the one in the newest layer that mentions it (a tombstone says deleted).
+//! - A run file always ends where a sealed segment ends (its chain value recorded), so a merged
+//!   or flushed run can be checked against the log at the next open.
+//! - Layers are replaced only by the background task (under the checkpoint lock), by a run
+//!   that covers exactly their ranges; the write path only adds at the newest end. A merged
+//!   run file is durable before the files it replaces are unlinked, so after a crash the open
+//!   finds either the inputs or the output, and takes the longest valid run at each step.
+
+use crate::error::Result;
+use crate::record::{KIND_DELETE, KIND_EPOCH, KIND_PUT};
+use crate::run::{self, Backing, Run, RunBuilder, RunMeta, Slot, Val};
+use parking_lot::{Mutex, RwLock};
+use seglog_wal::dir::INDEX_DIR;
+use seglog_wal::{Io, Wal};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// An immutable memtable: the changes of `first_lsn..=last_lsn`.
+pub(crate) struct Frozen {
+    map: BTreeMap<Vec<u8>, Val>,
+    first_lsn: u64,
+    last_lsn: u64,
+    epoch: u64,
+}
+
+/// One immutable layer of the index.
+#[derive(Clone)]
+pub(crate) enum Layer {
+    Frozen(Arc<Frozen>),
+    Run(Arc<Run>),
+}
+
+type Entries<'a> = Box<dyn Iterator<Item = (&'a [u8], Val)> + 'a>;
+
+impl Layer {
+    fn first_lsn(&self) -> u64 {
+        match self {
+            Layer::Frozen(f) => f.first_lsn,
+            Layer::Run(r) => r.meta().first_lsn,
+        }
+    }
+    fn last_lsn(&self) -> u64 {
+        match self {
+            Layer::Frozen(f) => f.last_lsn,
+            Layer::Run(r) => r.meta().last_lsn,
+        }
+    }
+    fn epoch(&self) -> u64 {
+        match self {
+            Layer::Frozen(f) => f.epoch,
+            Layer::Run(r) => r.meta().epoch,
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            Layer::Frozen(f) => f.map.len(),
+            Layer::Run(r) => r.len(),
+        }
+    }
+    fn durable(&self) -> bool {
+        matches!(self, Layer::Run(r) if r.durable())
+    }
+    fn same(&self, other: &Layer) -> bool {
+        match (self, other) {
+            (Layer::Frozen(a), Layer::Frozen(b)) => Arc::ptr_eq(a, b),
+            (Layer::Run(a), Layer::Run(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+    fn get(&self, key: &[u8]) -> Option<Val> {
+        match self {
+            Layer::Frozen(f) => f.map.get(key).copied(),
+            Layer::Run(r) => r.get(key),
+        }
+    }
+    fn iter_from<'a>(&'a self, from: &[u8]) -> Entries<'a> {
+        match self {
+            Layer::Frozen(f) => Box::new(
+                f.map
+                    .range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
+                    .map(|(k, v)| (k.as_slice(), *v)),
+            ),
+            Layer::Run(r) => Box::new(r.iter_from(from)),
+        }
+    }
+}
+
+/// Visits each key once, in order, with the state of the first (newest) source that holds it;
+/// stops when `f` returns false.
+fn merge<'a>(mut sources: Vec<Entries<'a>>, mut f: impl FnMut(&'a [u8], Val) -> bool) {
+    let mut heads: Vec<Option<(&'a [u8], Val)>> = sources.iter_mut().map(|s| s.next()).collect();
+    loop {
+        let mut best: Option<(usize, &'a [u8])> = None;
+        for (i, h) in heads.iter().enumerate() {
+            if let Some((k, _)) = h {
+                // Strictly smaller only: on equal keys the newer (earlier) source wins.
+                if best.is_none_or(|(_, b)| *k < b) {
+                    best = Some((i, k));
+                }
+            }
+        }
+        let Some((winner, key)) = best else {
+            return;
+        };
+        let val = heads[winner].and_then(|(_, v)| v);
+        for (head, source) in heads.iter_mut().zip(sources.iter_mut()) {
+            if head.is_some_and(|(k, _)| k == key) {
+                *head = source.next();
+            }
+        }
+        if !f(key, val) {
+            return;
+        }
+    }
+}
+
+/// The index (see the module docs).
+pub(crate) struct Index {
+    active: BTreeMap<Vec<u8>, Val>,
+    /// First LSN the active memtable covers.
+    active_first: u64,
+    /// Highest epoch fenced by a record of the active memtable's range.
+    active_epoch: u64,
+    /// Segment (first LSN) the active memtable's records are in.
+    active_segment: u64,
+    /// Immutable layers, newest first.
+    layers: Vec<Layer>,
+    /// The log's epoch: the highest ever fenced.
+    epoch: u64,
+}
+
+/// What [`Index::open`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Loaded {
+    pub segments_from_runs: usize,
+    pub run_files: usize,
+    pub segments_replayed: usize,
+    pub records_replayed: u64,
+}
+
+impl Index {
+    /// Builds the index of `wal`: valid run files where they exist, replay elsewhere.
+    pub(crate) fn open(wal: &Wal) -> Result<(Index, Loaded)> {
+        let mut loaded = Loaded::default();
+        let sealed = wal.sealed_segments()?;
+        let idx_dir = wal.dir().join(INDEX_DIR);
+        let mut files: Vec<(u64, u64)> = wal
+            .io()
+            .list_dir(&idx_dir)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| run::parse_file_name(n))
+            .collect();
+        // At each position, the longest run first.
+        files.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        let mut oldest_first: Vec<Layer> = Vec::new();
+        let mut i = 0;
+        while i < sealed.len() {
+            let seg = &sealed[i];
+            let mut used = None;
+            for &(first, last) in files.iter().filter(|f| f.0 == seg.first_lsn) {
+                let Some(end) = sealed[i..].iter().position(|s| s.last_lsn == last) else {
+                    continue;
+                };
+                let path = idx_dir.join(run::file_name(first, last));
+                match Run::open(&**wal.io(), &path, wal.files_are_real()) {
+                    Some(r)
+                        if r.meta().first_lsn == first
+                            && r.meta().last_lsn == last
+                            && r.meta().chain_crc == sealed[i + end].chain_crc =>
+                    {
+                        used = Some((r, end));
+                        break;
+                    }
+                    _ => {
+                        tracing::warn!(run = %path.display(), "index run unusable; replaying the segments it covers instead")
+                    }
+                }
+            }
+            match used {
+                Some((r, end)) => {
+                    oldest_first.push(Layer::Run(Arc::new(r)));
+                    loaded.run_files += 1;
+                    loaded.segments_from_runs += end + 1;
+                    i += end + 1;
+                }
+                None => {
+                    let (r, n) = replay(wal, seg.first_lsn, seg.last_lsn, seg.chain_crc)?;
+                    oldest_first.extend(r.map(|r| Layer::Run(Arc::new(r))));
+                    loaded.segments_replayed += 1;
+                    loaded.records_replayed += n;
+                    i += 1;
+                }
+            }
+        }
+        let next = sealed.last().map_or(wal.first_lsn(), |s| s.last_lsn + 1);
+        let (active_run, n) = replay(wal, next, u64::MAX, 0)?;
+        loaded.records_replayed += n;
+        oldest_first.extend(active_run.map(|r| Layer::Run(Arc::new(r))));
+        let active_first = oldest_first.last().map_or(next, |l| l.last_lsn() + 1);
+        oldest_first.reverse();
+        let index = Index {
+            active: BTreeMap::new(),
+            active_first,
+            active_epoch: 0,
+            active_segment: wal.active_segment().unwrap_or(0),
+            epoch: oldest_first.iter().map(Layer::epoch).max().unwrap_or(0),
+            layers: oldest_first,
+        };
+        Ok((index, loaded))
+    }
+
+    /// The live slot of `key`.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Slot> {
+        if let Some(v) = self.active.get(key) {
+            return *v;
+        }
+        self.layers.iter().find_map(|l| l.get(key)).flatten()
+    }
+
+    /// Records the change a record in the active segment made. Call [`Index::roll`] first.
+    pub(crate) fn set(&mut self, key: &[u8], val: Val) {
+        // Overwriting a key already in the memtable needs no new key allocation.
+        match self.active.get_mut(key) {
+            Some(v) => *v = val,
+            None => {
+                self.active.insert(key.to_vec(), val);
+            }
+        }
+    }
+
+    /// Records an epoch fence.
+    pub(crate) fn fence(&mut self, epoch: u64) {
+        self.active_epoch = self.active_epoch.max(epoch);
+        self.epoch = self.epoch.max(epoch);
+    }
+
+    /// The log's epoch.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Called before applying records appended to `segment`: when that is a new segment, the
+    /// previous one sealed and the active memtable is frozen. Returns true when it froze.
+    pub(crate) fn roll(&mut self, segment: u64) -> bool {
+        if segment == self.active_segment {
+            return false;
+        }
+        // `segment` is the first LSN of the new segment: the memtable's range ends before it.
+        if self.active_first < segment {
+            let frozen = Frozen {
+                map: std::mem::take(&mut self.active),
+                first_lsn: self.active_first,
+                last_lsn: segment - 1,
+                epoch: self.active_epoch,
+            };
+            self.layers.insert(0, Layer::Frozen(Arc::new(frozen)));
+        }
+        self.active_first = segment;
+        self.active_epoch = 0;
+        self.active_segment = segment;
+        true
+    }
+
+    fn sources<'a>(
+        active: &'a BTreeMap<Vec<u8>, Val>,
+        layers: &'a [Layer],
+        from: &[u8],
+    ) -> Vec<Entries<'a>> {
+        let mut s: Vec<Entries<'a>> = Vec::with_capacity(layers.len() + 1);
+        s.push(Box::new(
+            active
+                .range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
+                .map(|(k, v)| (k.as_slice(), *v)),
+        ));
+        s.extend(layers.iter().map(|l| l.iter_from(from)));
+        s
+    }
+
+    /// Live keys from `from` on, in order, with their versions; at most `limit`.
+    pub(crate) fn scan(&self, from: &[u8], limit: usize) -> Vec<(Vec<u8>, u64)> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return out;
+        }
+        merge(Self::sources(&self.active, &self.layers, from), |k, v| {
+            if let Some(s) = v {
+                out.push((k.to_vec(), s.version));
+            }
+            out.len() < limit
+        });
+        out
+    }
+
+    /// What counting live keys needs, taken under the lock: a copy of the active memtable (it
+    /// is bounded by a segment) and the immutable layers.
+    pub(crate) fn count_snapshot(&self) -> (BTreeMap<Vec<u8>, Val>, Vec<Layer>) {
+        (self.active.clone(), self.layers.clone())
+    }
+
+    /// Counts the live keys of a [`Index::count_snapshot`] (one pass over every layer).
+    pub(crate) fn count_live(snapshot: &(BTreeMap<Vec<u8>, Val>, Vec<Layer>)) -> usize {
+        let mut n = 0;
+        merge(Self::sources(&snapshot.0, &snapshot.1, &[]), |_, v| {
+            n += usize::from(v.is_some());
+            true
+        });
+        n
+    }
+
+    /// Layers and the bytes they hold: (layers, run files, bytes in memory, bytes in files).
+    pub(crate) fn shape(&self) -> IndexShape {
+        let mut s = IndexShape {
+            layers: self.layers.len() + 1,
+            memtable_entries: self.active.len(),
+            ..IndexShape::default()
+        };
+        for l in &self.layers {
+            match l {
+                Layer::Frozen(f) => s.memtable_entries += f.map.len(),
+                Layer::Run(r) if r.durable() => {
+                    s.run_files += 1;
+                    s.run_file_bytes += r.byte_len() as u64;
+                }
+                Layer::Run(r) => s.memory_run_bytes += r.byte_len() as u64,
+            }
+        }
+        s
+    }
+}
+
+/// How the index is made up (see [`crate::EngineStats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexShape {
+    /// Layers, the active memtable included.
+    pub layers: usize,
+    /// Entries in memtables (active and frozen), waiting to be written as runs.
+    pub memtable_entries: usize,
+    /// Runs built in memory by replay, waiting to be written: their bytes.
+    pub memory_run_bytes: u64,
+    /// Run files (the index checkpoints).
+    pub run_files: usize,
+    /// Their bytes (mapped, in the page cache, not the heap).
+    pub run_file_bytes: u64,
+}
+
+/// Replays `from..=to` into a run held in memory, with `chain_crc` as the chain value at its
+/// end (0 when the range does not end a sealed segment). Returns the run (none for an empty
+/// range) and how many records it read.
+fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32) -> Result<(Option<Run>, u64)> {
+    struct Item {
+        key_at: usize,
+        key_len: usize,
+        lsn: u64,
+        val: Val,
+    }
+    let mut keys: Vec<u8> = Vec::new();
+    let mut items: Vec<Item> = Vec::new();
+    let mut epoch = 0u64;
+    let mut last = None;
+    let mut reader = wal.reader(from);
+    let mut malformed = None;
+    while let Some(r) = reader.next_with(|r| {
+        if r.lsn > to {
+            return false;
+        }
+        last = Some(r.lsn);
+        let val = match r.kind {
+            KIND_PUT => Some(Slot {
+                version: r.lsn,
+                location: r.location,
+            }),
+            KIND_DELETE => None,
+            KIND_EPOCH => {
+                match <[u8; 8]>::try_from(r.value) {
+                    Ok(b) => epoch = epoch.max(u64::from_le_bytes(b)),
+                    Err(_) => {
+                        malformed =
+                            Some((r.lsn, format!("epoch record of {} bytes", r.value.len())))
+                    }
+                }
+                return true;
+            }
+            k => {
+                malformed = Some((r.lsn, format!("unknown record kind {k}")));
+                return true;
+            }
+        };
+        items.push(Item {
+            key_at: keys.len(),
+            key_len: r.key.len(),
+            lsn: r.lsn,
+            val,
+        });
+        keys.extend_from_slice(r.key);
+        true
+    }) {
+        if let Some((lsn, reason)) = malformed.take() {
+            return Err(crate::Error::Malformed { lsn, reason });
+        }
+        if !r? {
+            break;
+        }
+    }
+    let Some(last) = last else {
+        return Ok((None, 0));
+    };
+    let n = last - from.max(wal.first_lsn()) + 1;
+    let key = |i: &Item| &keys[i.key_at..i.key_at + i.key_len];
+    // By key, then by LSN: the last change of each key comes last among its equals.
+    items.sort_unstable_by(|a, b| key(a).cmp(key(b)).then(a.lsn.cmp(&b.lsn)));
+    let mut b = RunBuilder::with_capacity(items.len(), keys.len());
+    for (i, item) in items.iter().enumerate() {
+        if items.get(i + 1).is_some_and(|next| key(next) == key(item)) {
+            continue; // a later change of the same key follows
+        }
+        b.push(key(item), item.val);
+    }
+    let meta = RunMeta {
+        first_lsn: from,
+        last_lsn: last,
+        chain_crc,
+        epoch,
+    };
+    let bytes = b.finish(meta);
+    let run = Run::parse(Backing::Heap(bytes), None, false)
+        .ok_or_else(|| crate::Error::Index("a run built by replay does not parse".into()))?;
+    Ok((Some(run), n))
+}
+
+/// Writes `bytes` as the run file for `meta` durably and returns it, mapped.
+fn write_run(wal: &Wal, meta: RunMeta, bytes: Vec<u8>) -> Result<Run> {
+    let io: &dyn Io = &**wal.io();
+    let dir = wal.dir().join(INDEX_DIR);
+    let err = |op: &'static str, p: &Path, e: std::io::Error| seglog_wal::Error::Io {
+        op,
+        path: p.to_path_buf(),
+        source: e,
+    };
+    seglog_wal::io::create_dir_durable(io, &dir).map_err(|e| err("create directory", &dir, e))?;
+    let dst = dir.join(run::file_name(meta.first_lsn, meta.last_lsn));
+    let tmp = dst.with_extension("run.tmp");
+    let f = io
+        .create_truncate(&tmp)
+        .map_err(|e| err("create", &tmp, e))?;
+    f.write_at(&bytes, 0).map_err(|e| err("write", &tmp, e))?;
+    f.sync_data().map_err(|e| err("fdatasync", &tmp, e))?;
+    drop(f);
+    io.rename(&tmp, &dst).map_err(|e| err("rename", &tmp, e))?;
+    io.sync_dir(&dir)
+        .map_err(|e| err("fsync directory", &dir, e))?;
+    let backing = if wal.files_are_real() {
+        Backing::Map(crate::mapped::map_file(&dst).map_err(|e| err("mmap", &dst, e))?)
+    } else {
+        Backing::Heap(bytes)
+    };
+    Run::parse(backing, Some(dst.clone()), false).ok_or_else(|| {
+        crate::Error::Index(format!(
+            "the run {} just written does not parse",
+            dst.display()
+        ))
+    })
+}
+
+/// Replaces `group` (adjacent layers, newest first) by one run file. Returns false when the
+/// layers changed meanwhile (then nothing is installed; the file is left for the next open's
+/// clean-up).
+fn replace(
+    wal: &Wal,
+    state: &RwLock<Index>,
+    group: &[Layer],
+    chain_crc: u32,
+    drop_tombstones: bool,
+) -> Result<bool> {
+    let (Some(newest), Some(oldest)) = (group.first(), group.last()) else {
+        return Ok(false);
+    };
+    let meta = RunMeta {
+        first_lsn: oldest.first_lsn(),
+        last_lsn: newest.last_lsn(),
+        chain_crc,
+        epoch: group.iter().map(Layer::epoch).max().unwrap_or(0),
+    };
+    let entries: usize = group.iter().map(Layer::len).sum();
+    let mut b = RunBuilder::with_capacity(entries, 0);
+    merge(group.iter().map(|l| l.iter_from(&[])).collect(), |k, v| {
+        if v.is_some() || !drop_tombstones {
+            b.push(k, v);
+        }
+        true
+    });
+    let run = Layer::Run(Arc::new(write_run(wal, meta, b.finish(meta))?));
+    {
+        let mut idx = state.write();
+        let Some(at) = idx.layers.iter().position(|l| l.same(newest)) else {
+            return Ok(false);
+        };
+        let n = group.len();
+        if idx.layers.len() < at + n
+            || !idx.layers[at..at + n]
+                .iter()
+                .zip(group)
+                .all(|(a, b)| a.same(b))
+        {
+            return Ok(false);
+        }
+        idx.layers.splice(at..at + n, [run]);
+    }
+    // The merged run is durable and installed: the files it replaces can go.
+    let dir = wal.dir().join(INDEX_DIR);
+    let mut removed = false;
+    for l in group {
+        if let Layer::Run(r) = l {
+            if let Some(p) = r.path() {
+                match wal.io().remove_file(p) {
+                    Ok(()) => removed = true,
+                    Err(e) => {
+                        tracing::warn!(run = %p.display(), error = %e, "could not remove a merged index run")
+                    }
+                }
+            }
+        }
+    }
+    if removed {
+        wal.io().sync_dir(&dir).map_err(|e| seglog_wal::Error::Io {
+            op: "fsync directory",
+            path: dir.clone(),
+            source: e,
+        })?;
+    }
+    Ok(true)
+}
+
+/// Background upkeep of the index: writes every layer that is not yet a run file and ends at a
+/// sealed segment, then merges run files of comparable size. `one_writer` serialises callers.
+/// Returns how many run files it wrote.
+pub(crate) fn maintain(wal: &Wal, state: &RwLock<Index>, one_writer: &Mutex<()>) -> Result<usize> {
+    let _one = one_writer.lock();
+    let mut written = 0;
+    let sealed: HashMap<u64, u32> = wal
+        .sealed_segments()?
+        .into_iter()
+        .map(|s| (s.last_lsn, s.chain_crc))
+        .collect();
+    // Flush: the oldest layer that is only in memory, with the newer ones up to a sealed end.
+    loop {
+        let group: Option<(Vec<Layer>, u32, bool)> = {
+            let idx = state.read();
+            idx.layers
+                .iter()
+                .rposition(|l| !l.durable())
+                .and_then(|oldest| {
+                    let end = (0..=oldest)
+                        .rev()
+                        .find(|&j| sealed.contains_key(&idx.layers[j].last_lsn()))?;
+                    let chain = sealed[&idx.layers[end].last_lsn()];
+                    Some((
+                        idx.layers[end..=oldest].to_vec(),
+                        chain,
+                        oldest + 1 == idx.layers.len(),
+                    ))
+                })
+        };
+        let Some((group, chain, oldest)) = group else {
+            break;
+        };
+        if !replace(wal, state, &group, chain, oldest)? {
+            break;
+        }
+        written += 1;
+    }
+    // Merge: two adjacent run files when the older holds at most twice the newer's entries.
+    loop {
+        let pair: Option<(Vec<Layer>, u32, bool)> = {
+            let idx = state.read();
+            let l = &idx.layers;
+            (0..l.len().saturating_sub(1))
+                .find(|&i| {
+                    l[i].durable() && l[i + 1].durable() && l[i + 1].len() <= 2 * l[i].len().max(1)
+                })
+                .map(|i| {
+                    let chain = match &l[i] {
+                        Layer::Run(r) => r.meta().chain_crc,
+                        Layer::Frozen(_) => 0,
+                    };
+                    (l[i..i + 2].to_vec(), chain, i + 2 == l.len())
+                })
+        };
+        let Some((pair, chain, oldest)) = pair else {
+            break;
+        };
+        if !replace(wal, state, &pair, chain, oldest)? {
+            break;
+        }
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// Removes files of the index directory that no layer uses: runs replaced by a merge before a
+/// crash, unusable runs, temporary files, checkpoints of an older format.
+pub(crate) fn remove_unused(
+    wal: &Wal,
+    state: &RwLock<Index>,
+    one_writer: &Mutex<()>,
+) -> Result<usize> {
+    let _one = one_writer.lock();
+    let dir = wal.dir().join(INDEX_DIR);
+    let used: Vec<PathBuf> = state
+        .read()
+        .layers
+        .iter()
+        .filter_map(|l| match l {
+            Layer::Run(r) => r.path().map(Path::to_path_buf),
+            Layer::Frozen(_) => None,
+        })
+        .collect();
+    let mut removed = 0;
+    for name in wal.io().list_dir(&dir).unwrap_or_default() {
+        let p = dir.join(&name);
+        if used.contains(&p) || wal.io().is_dir(&p) {
+            continue;
+        }
+        if let Err(e) = wal.io().remove_file(&p) {
+            tracing::warn!(file = %p.display(), error = %e, "could not remove an unused index file");
+            continue;
+        }
+        removed += 1;
+    }
+    if removed > 0 {
+        wal.io().sync_dir(&dir).map_err(|e| seglog_wal::Error::Io {
+            op: "fsync directory",
+            path: dir.clone(),
+            source: e,
+        })?;
+    }
+    Ok(removed)
+}

@@ -1,0 +1,434 @@
+//! Sorted runs: the index's immutable layers, and its checkpoints on disk.
+//!
+//! A run holds, for a contiguous LSN range of the log, the last change each key received in that
+//! range: the key's version and the location of its record, or a tombstone. Entries are sorted
+//! by key, so a lookup is a binary search and runs merge in one sequential pass. On disk a run is
+//! `DIR/index/<first_lsn:020>-<last_lsn:020>.run`, used in place through a read-only memory map
+//! (or read into memory on a simulated file system); in memory, a run built by replaying log
+//! records has the same bytes without a file.
+//!
+//! ```text
+//! header (64 bytes, little-endian)
+//!  0 [u8; 8] magic "seglogRN"          32 u64 epoch: highest epoch fenced in the range (0: none)
+//!  8 u16     version = 1               40 u64 entry count n
+//! 10 u16     reserved = 0              48 u64 key heap bytes
+//! 12 u32     chain_crc at last_lsn     56 u64 bloom blocks b (64 bytes each)
+//! 16 u64     first_lsn
+//! 24 u64     last_lsn
+//! entries (n x 32 bytes, ascending by key, each key once)
+//!  0 u64 key offset in the key heap    24 u32 frame offset in the segment (segments <= 1 GiB)
+//!  8 u64 version (LSN of the change)   28 u16 key length
+//! 16 u64 segment (its first LSN)       30 u8  1 = live, 2 = tombstone;  31 u8 reserved = 0
+//! key heap (the keys, concatenated)
+//! bloom filter (b blocks of 512 bits; 6 bits a key, all in the block the key's hash picks)
+//! trailer: u32 CRC-32C of everything before it
+//! ```
+//!
+//! # Invariants
+//! - A run file is written whole to a temporary name, fsynced, renamed into place and its
+//!   directory fsynced; it is never modified afterwards, only unlinked once a merged run that
+//!   covers it is durable. That is what makes mapping it sound (see [`crate::mapped`]).
+//! - A run file is used only when its checksum holds and its range ends exactly where a sealed
+//!   segment of the log ends, with that segment's footer chain value: the chain value covers
+//!   every record before it, so a run can never be applied to another log or another history.
+//!   Anything else (missing, truncated, damaged, foreign) is ignored and the segments it would
+//!   have covered are replayed: a checkpoint can make opening faster, never the index wrong.
+//! - Readers never trust an entry beyond the checksum: every access is bounds-checked and a
+//!   malformed entry reads as absent rather than panicking.
+
+use crate::mapped::{self, Mapped};
+use seglog_wal::Location;
+use std::path::{Path, PathBuf};
+
+const MAGIC: [u8; 8] = *b"seglogRN";
+const VERSION: u16 = 1;
+const HEADER_LEN: usize = 64;
+const ENTRY_LEN: usize = 32;
+const BLOCK_BYTES: usize = 64;
+const BLOOM_BITS_PER_KEY: usize = 10;
+const BLOOM_PROBES: u32 = 6;
+const TAG_LIVE: u8 = 1;
+const TAG_DEAD: u8 = 2;
+
+/// Where a live key's current value is: its version (the LSN that wrote it) and the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Slot {
+    pub version: u64,
+    pub location: Location,
+}
+
+/// What a layer of the index says about a key: live at a slot, or deleted (`None`).
+pub(crate) type Val = Option<Slot>;
+
+/// The run file name of an LSN range, and back.
+pub(crate) fn file_name(first_lsn: u64, last_lsn: u64) -> String {
+    format!("{first_lsn:020}-{last_lsn:020}.run")
+}
+
+pub(crate) fn parse_file_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(".run")?;
+    let (a, b) = stem.split_once('-')?;
+    if a.len() != 20 || b.len() != 20 {
+        return None;
+    }
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// The 64-bit hash the bloom filter uses. Part of the file format: it must never change.
+pub(crate) fn key_hash(key: &[u8]) -> u64 {
+    fn fmix(mut h: u64) -> u64 {
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+        h ^ (h >> 33)
+    }
+    let mut h = 0x9E37_79B9_7F4A_7C15u64 ^ key.len() as u64;
+    let mut chunks = key.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x9FB2_1C65_1E98_DF25);
+        h ^= h >> 29;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x9FB2_1C65_1E98_DF25);
+    }
+    fmix(h)
+}
+
+/// The block a hash selects among `blocks`, and its probe bits.
+fn bloom_bits(hash: u64, blocks: usize) -> (usize, impl Iterator<Item = usize>) {
+    let block = (((hash >> 32) * blocks as u64) >> 32) as usize;
+    let h1 = hash as u32;
+    let h2 = ((hash >> 16) as u32) | 1;
+    let bits = (0..BLOOM_PROBES).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % 512) as usize);
+    (block, bits)
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    let s = b.get(at..at.checked_add(8)?)?;
+    let mut w = [0u8; 8];
+    w.copy_from_slice(s);
+    Some(u64::from_le_bytes(w))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    let s = b.get(at..at.checked_add(4)?)?;
+    let mut w = [0u8; 4];
+    w.copy_from_slice(s);
+    Some(u32::from_le_bytes(w))
+}
+
+/// Builds a run's bytes from entries given in ascending key order.
+pub(crate) struct RunBuilder {
+    entries: Vec<u8>,
+    keys: Vec<u8>,
+    hashes: Vec<u64>,
+}
+
+/// The header fields a finished run carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RunMeta {
+    pub first_lsn: u64,
+    pub last_lsn: u64,
+    /// Chain value of the log at `last_lsn` when that is the end of a sealed segment, else 0
+    /// (an in-memory run of the active segment, never written).
+    pub chain_crc: u32,
+    pub epoch: u64,
+}
+
+impl RunBuilder {
+    pub(crate) fn with_capacity(entries: usize, key_bytes: usize) -> RunBuilder {
+        RunBuilder {
+            entries: Vec::with_capacity(entries * ENTRY_LEN),
+            keys: Vec::with_capacity(key_bytes),
+            hashes: Vec::with_capacity(entries),
+        }
+    }
+
+    /// Appends the next entry; keys must come in strictly ascending order.
+    pub(crate) fn push(&mut self, key: &[u8], val: Val) {
+        debug_assert!(
+            self.last_key().is_none_or(|k| k < key),
+            "run keys out of order"
+        );
+        let (tag, slot) = match val {
+            Some(s) => (TAG_LIVE, s),
+            None => (
+                TAG_DEAD,
+                Slot {
+                    version: 0,
+                    location: Location::default(),
+                },
+            ),
+        };
+        let e = &mut self.entries;
+        e.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
+        e.extend_from_slice(&slot.version.to_le_bytes());
+        e.extend_from_slice(&slot.location.segment.to_le_bytes());
+        // Segments are at most 1 GiB (`MAX_SEGMENT_SIZE`), so a frame offset fits 32 bits.
+        e.extend_from_slice(&(slot.location.offset as u32).to_le_bytes());
+        e.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        e.push(tag);
+        e.push(0);
+        self.keys.extend_from_slice(key);
+        self.hashes.push(key_hash(key));
+    }
+
+    #[cfg(debug_assertions)]
+    fn last_key(&self) -> Option<&[u8]> {
+        let n = self.entries.len() / ENTRY_LEN;
+        let at = n.checked_sub(1)? * ENTRY_LEN;
+        let off = u64_at(&self.entries, at)? as usize;
+        let len = usize::from(u16::from_le_bytes([
+            self.entries[at + 28],
+            self.entries[at + 29],
+        ]));
+        self.keys.get(off..off + len)
+    }
+
+    /// The run's bytes.
+    pub(crate) fn finish(self, meta: RunMeta) -> Vec<u8> {
+        let n = self.hashes.len();
+        let blocks = (n * BLOOM_BITS_PER_KEY).div_ceil(BLOCK_BYTES * 8).max(1);
+        let mut bloom = vec![0u8; blocks * BLOCK_BYTES];
+        for &h in &self.hashes {
+            let (block, bits) = bloom_bits(h, blocks);
+            for bit in bits {
+                bloom[block * BLOCK_BYTES + bit / 8] |= 1 << (bit % 8);
+            }
+        }
+        let mut b =
+            Vec::with_capacity(HEADER_LEN + self.entries.len() + self.keys.len() + bloom.len() + 4);
+        b.extend_from_slice(&MAGIC);
+        b.extend_from_slice(&VERSION.to_le_bytes());
+        b.extend_from_slice(&[0u8; 2]);
+        b.extend_from_slice(&meta.chain_crc.to_le_bytes());
+        b.extend_from_slice(&meta.first_lsn.to_le_bytes());
+        b.extend_from_slice(&meta.last_lsn.to_le_bytes());
+        b.extend_from_slice(&meta.epoch.to_le_bytes());
+        b.extend_from_slice(&(n as u64).to_le_bytes());
+        b.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
+        b.extend_from_slice(&(blocks as u64).to_le_bytes());
+        b.extend_from_slice(&self.entries);
+        b.extend_from_slice(&self.keys);
+        b.extend_from_slice(&bloom);
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+}
+
+/// The bytes behind a run.
+pub(crate) enum Backing {
+    /// A mapped run file.
+    Map(Mapped),
+    /// Bytes in memory: a run built by replay, or a file read on a simulated file system.
+    Heap(Vec<u8>),
+}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Map(m) => m.bytes(),
+            Backing::Heap(v) => v,
+        }
+    }
+}
+
+/// A sorted run (see the module docs).
+pub(crate) struct Run {
+    backing: Backing,
+    meta: RunMeta,
+    count: usize,
+    keys_at: usize,
+    keys_len: usize,
+    bloom_at: usize,
+    blocks: usize,
+    /// The run's file once it is durable; `None` for a run that lives only in memory.
+    path: Option<PathBuf>,
+}
+
+impl Run {
+    /// Parses a run's bytes; `None` when they are not a well-formed run (checksum first, when
+    /// `verify` is set: a run just written by this process skips the re-read).
+    pub(crate) fn parse(backing: Backing, path: Option<PathBuf>, verify: bool) -> Option<Run> {
+        let b = backing.bytes();
+        let body_len = b.len().checked_sub(4)?;
+        if verify && crc32c::crc32c(&b[..body_len]).to_le_bytes()[..] != b[body_len..] {
+            return None;
+        }
+        if b.len() < HEADER_LEN + 4 || b[..8] != MAGIC || b[8..10] != VERSION.to_le_bytes() {
+            return None;
+        }
+        let meta = RunMeta {
+            chain_crc: u32_at(b, 12)?,
+            first_lsn: u64_at(b, 16)?,
+            last_lsn: u64_at(b, 24)?,
+            epoch: u64_at(b, 32)?,
+        };
+        let count = usize::try_from(u64_at(b, 40)?).ok()?;
+        let keys_len = usize::try_from(u64_at(b, 48)?).ok()?;
+        let blocks = usize::try_from(u64_at(b, 56)?).ok()?;
+        let keys_at = HEADER_LEN.checked_add(count.checked_mul(ENTRY_LEN)?)?;
+        let bloom_at = keys_at.checked_add(keys_len)?;
+        let end = bloom_at.checked_add(blocks.checked_mul(BLOCK_BYTES)?)?;
+        if end != body_len || blocks == 0 || meta.first_lsn > meta.last_lsn {
+            return None;
+        }
+        Some(Run {
+            backing,
+            meta,
+            count,
+            keys_at,
+            keys_len,
+            bloom_at,
+            blocks,
+            path,
+        })
+    }
+
+    /// Opens and verifies the run file at `path`: mapped when `mappable` (an OS file), else read
+    /// through `io`. `None` when it is missing, unreadable or not a valid run.
+    pub(crate) fn open(io: &dyn seglog_wal::Io, path: &Path, mappable: bool) -> Option<Run> {
+        let backing = if mappable {
+            Backing::Map(mapped::map_file(path).ok()?)
+        } else {
+            let f = io.open_read(path).ok()?;
+            let len = usize::try_from(f.file_len().ok()?).ok()?;
+            let mut bytes = vec![0u8; len];
+            let mut done = 0;
+            while done < len {
+                match f.read_at(&mut bytes[done..], done as u64) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => done += n,
+                }
+            }
+            Backing::Heap(bytes)
+        };
+        Run::parse(backing, Some(path.to_path_buf()), true)
+    }
+
+    pub(crate) fn meta(&self) -> RunMeta {
+        self.meta
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Bytes the run occupies (its file, or its memory).
+    pub(crate) fn byte_len(&self) -> usize {
+        self.backing.bytes().len()
+    }
+
+    /// True when the run is a durable file; false for one that lives only in memory.
+    pub(crate) fn durable(&self) -> bool {
+        self.path.is_some()
+    }
+
+    pub(crate) fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    fn entry(&self, i: usize) -> Option<&[u8]> {
+        let at = HEADER_LEN + i * ENTRY_LEN;
+        self.backing.bytes().get(at..at + ENTRY_LEN)
+    }
+
+    /// The key of entry `i` (empty when malformed).
+    pub(crate) fn key(&self, i: usize) -> &[u8] {
+        let b = self.backing.bytes();
+        let Some(e) = self.entry(i) else {
+            return &[];
+        };
+        let off = u64_at(e, 0).and_then(|o| usize::try_from(o).ok());
+        let len = usize::from(u16::from_le_bytes([e[28], e[29]]));
+        match off {
+            Some(off) if off.checked_add(len).is_some_and(|end| end <= self.keys_len) => {
+                &b[self.keys_at + off..self.keys_at + off + len]
+            }
+            _ => &[],
+        }
+    }
+
+    /// The change of entry `i`.
+    pub(crate) fn val(&self, i: usize) -> Val {
+        let e = self.entry(i)?;
+        if e[30] != TAG_LIVE {
+            return None;
+        }
+        Some(Slot {
+            version: u64_at(e, 8)?,
+            location: Location {
+                segment: u64_at(e, 16)?,
+                offset: u64::from(u32_at(e, 24)?),
+            },
+        })
+    }
+
+    /// True when entry `i` is a tombstone.
+    pub(crate) fn is_tombstone(&self, i: usize) -> bool {
+        self.entry(i).is_some_and(|e| e[30] == TAG_DEAD)
+    }
+
+    /// The first entry whose key is at least `key`.
+    pub(crate) fn lower_bound(&self, key: &[u8]) -> usize {
+        let (mut lo, mut hi) = (0, self.count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.key(mid) < key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    fn may_contain(&self, key: &[u8]) -> bool {
+        let (block, mut bits) = bloom_bits(key_hash(key), self.blocks);
+        let at = self.bloom_at + block * BLOCK_BYTES;
+        let Some(bloom) = self.backing.bytes().get(at..at + BLOCK_BYTES) else {
+            return true;
+        };
+        bits.all(|bit| bloom[bit / 8] & (1 << (bit % 8)) != 0)
+    }
+
+    /// What this run says about `key`: `None` when it holds no entry for it, `Some(None)` for a
+    /// tombstone, `Some(Some(slot))` for a live key.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Val> {
+        if !self.may_contain(key) {
+            return None;
+        }
+        let i = self.lower_bound(key);
+        if i < self.count && self.key(i) == key {
+            Some(if self.is_tombstone(i) {
+                None
+            } else {
+                self.val(i)
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Entries from the first key at least `from`, in order.
+    pub(crate) fn iter_from<'a>(&'a self, from: &[u8]) -> impl Iterator<Item = (&'a [u8], Val)> {
+        let start = self.lower_bound(from);
+        (start..self.count).map(move |i| {
+            (
+                self.key(i),
+                if self.is_tombstone(i) {
+                    None
+                } else {
+                    self.val(i)
+                },
+            )
+        })
+    }
+}
