@@ -280,6 +280,7 @@ impl Engine {
             let mut st = self.state.write();
             self.roll(&mut st, appended.location.segment);
             st.fence(epoch);
+            st.note_last(appended.last_lsn, appended.location);
         }
         drop(_w);
         self.wait(appended.last_lsn)?;
@@ -331,6 +332,9 @@ impl Engine {
             let mut location = appended.location;
             for (i, (op, e)) in ops.iter().zip(entries).enumerate() {
                 let version = appended.first_lsn + i as u64;
+                if version == appended.last_lsn {
+                    st.note_last(version, location);
+                }
                 match *op {
                     BatchOp::Put { key, .. } => st.set(key, Some(Slot { version, location })),
                     BatchOp::Delete { key, .. } => st.set(key, None),
@@ -447,7 +451,14 @@ impl Engine {
     }
 
     /// Clean shutdown (see [`Wal::close`]).
+    /// Before closing the log, the index is written whole as run files (see
+    /// [`crate::index`]), so the next open replays nothing.
     pub fn close(self) -> Result<()> {
+        self.stop_checkpointer();
+        self.wal.sync()?;
+        if let Err(e) = index::write_at_close(&self.wal, &self.state, &self.checkpoint_lock) {
+            tracing::warn!(error = %e, "could not write the index at close (the next open replays the active segment)");
+        }
         let wal = self.wal.clone();
         // Drop joins the checkpointer, the only other owner of the log.
         drop(self);

@@ -30,7 +30,7 @@ use crate::record::{KIND_DELETE, KIND_EPOCH, KIND_PUT};
 use crate::run::{self, Backing, Run, RunBuilder, RunMeta, Slot, Val};
 use parking_lot::{Mutex, RwLock};
 use seglog_wal::dir::INDEX_DIR;
-use seglog_wal::{Io, Wal};
+use seglog_wal::{Io, Location, Wal};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -147,6 +147,9 @@ pub(crate) struct Index {
     layers: Vec<Layer>,
     /// The log's epoch: the highest ever fenced.
     epoch: u64,
+    /// LSN and location of the last record the index has seen, when it is in the active
+    /// segment (a run written at close records it, see [`write_at_close`]).
+    last_record: Option<(u64, Location)>,
 }
 
 /// What [`Index::open`] did.
@@ -173,50 +176,100 @@ impl Index {
             .collect();
         // At each position, the longest run first.
         files.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        let mut oldest_first: Vec<Layer> = Vec::new();
-        let mut i = 0;
-        while i < sealed.len() {
-            let seg = &sealed[i];
+        // What each stretch of the log comes from: a run file, or a replay (LSN range, chain).
+        enum Part {
+            File(Run),
+            Replay(u64, u64, u32),
+        }
+        let mut parts: Vec<Part> = Vec::new();
+        let mut next = wal.first_lsn();
+        loop {
             let mut used = None;
-            for &(first, last) in files.iter().filter(|f| f.0 == seg.first_lsn) {
-                let Some(end) = sealed[i..].iter().position(|s| s.last_lsn == last) else {
-                    continue;
-                };
+            for &(first, last) in files.iter().filter(|f| f.0 == next) {
                 let path = idx_dir.join(run::file_name(first, last));
                 match Run::open(&**wal.io(), &path, wal.files_are_real()) {
                     Some(r)
                         if r.meta().first_lsn == first
                             && r.meta().last_lsn == last
-                            && r.meta().chain_crc == sealed[i + end].chain_crc =>
+                            && ends_in_log(wal, &sealed, &r) =>
                     {
-                        used = Some((r, end));
+                        used = Some(r);
                         break;
                     }
                     _ => {
-                        tracing::warn!(run = %path.display(), "index run unusable; replaying the segments it covers instead")
+                        tracing::warn!(run = %path.display(), "index run unusable; replaying the records it covers instead")
                     }
                 }
             }
-            match used {
-                Some((r, end)) => {
-                    oldest_first.push(Layer::Run(Arc::new(r)));
-                    loaded.run_files += 1;
-                    loaded.segments_from_runs += end + 1;
-                    i += end + 1;
+            if let Some(r) = used {
+                let m = r.meta();
+                loaded.run_files += 1;
+                loaded.segments_from_runs += sealed
+                    .iter()
+                    .filter(|s| s.first_lsn >= m.first_lsn && s.last_lsn <= m.last_lsn)
+                    .count();
+                next = m.last_lsn + 1;
+                parts.push(Part::File(r));
+                continue;
+            }
+            match sealed
+                .iter()
+                .find(|s| s.first_lsn <= next && next <= s.last_lsn)
+            {
+                Some(seg) => {
+                    parts.push(Part::Replay(next, seg.last_lsn, seg.chain_crc));
+                    loaded.segments_replayed += 1;
+                    next = seg.last_lsn + 1;
                 }
                 None => {
-                    let (r, n) = replay(wal, seg.first_lsn, seg.last_lsn, seg.chain_crc)?;
-                    oldest_first.extend(r.map(|r| Layer::Run(Arc::new(r))));
-                    loaded.segments_replayed += 1;
-                    loaded.records_replayed += n;
-                    i += 1;
+                    // The rest of the log: the active segment (or what a run left of it).
+                    parts.push(Part::Replay(next, u64::MAX, 0));
+                    break;
                 }
             }
         }
-        let next = sealed.last().map_or(wal.first_lsn(), |s| s.last_lsn + 1);
-        let (active_run, n) = replay(wal, next, u64::MAX, 0)?;
-        loaded.records_replayed += n;
-        oldest_first.extend(active_run.map(|r| Layer::Run(Arc::new(r))));
+        // Segments replay independently: one worker a core, each taking the next segment.
+        let jobs: Vec<(u64, u64, u32)> = parts
+            .iter()
+            .filter_map(|p| match *p {
+                Part::Replay(a, b, c) => Some((a, b, c)),
+                Part::File(_) => None,
+            })
+            .collect();
+        let results: Vec<Mutex<Option<Result<(Option<Run>, u64)>>>> =
+            jobs.iter().map(|_| Mutex::new(None)).collect();
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(jobs.len());
+        let next_job = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    let j = next_job.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(from, to, chain)) = jobs.get(j) else {
+                        break;
+                    };
+                    *results[j].lock() = Some(replay(wal, from, to, chain));
+                });
+            }
+        });
+        let mut replayed = results.into_iter().map(|r| r.into_inner());
+        let mut oldest_first: Vec<Layer> = Vec::with_capacity(parts.len());
+        for p in parts {
+            let run = match p {
+                Part::File(r) => Some(r),
+                Part::Replay(..) => {
+                    // One result a job, each filled by the worker that took it (the scope
+                    // joined them all); a missing one means a worker panicked.
+                    let (r, n) = replayed.next().flatten().ok_or_else(|| {
+                        crate::Error::Index("a replay worker stopped without a result".into())
+                    })??;
+                    loaded.records_replayed += n;
+                    r
+                }
+            };
+            oldest_first.extend(run.map(|r| Layer::Run(Arc::new(r))));
+        }
         let active_first = oldest_first.last().map_or(next, |l| l.last_lsn() + 1);
         oldest_first.reverse();
         let index = Index {
@@ -225,6 +278,10 @@ impl Index {
             active_epoch: 0,
             active_segment: wal.active_segment().unwrap_or(0),
             epoch: oldest_first.iter().map(Layer::epoch).max().unwrap_or(0),
+            last_record: match oldest_first.first() {
+                Some(Layer::Run(r)) => r.meta().end.map(|at| (r.meta().last_lsn, at)),
+                _ => None,
+            },
             layers: oldest_first,
         };
         Ok((index, loaded))
@@ -247,6 +304,11 @@ impl Index {
                 self.active.insert(key.to_vec(), val);
             }
         }
+    }
+
+    /// Notes the last record applied: its LSN and location.
+    pub(crate) fn note_last(&mut self, lsn: u64, at: Location) {
+        self.last_record = Some((lsn, at));
     }
 
     /// Records an epoch fence.
@@ -364,11 +426,28 @@ pub struct IndexShape {
     pub run_file_bytes: u64,
 }
 
+/// True when the log holds the end of `run`: a sealed segment ending at its last LSN with its
+/// chain value, or else the record at the location the run recorded, with that chain value.
+fn ends_in_log(wal: &Wal, sealed: &[seglog_wal::SealedSegment], run: &Run) -> bool {
+    let m = run.meta();
+    if let Some(s) = sealed.iter().find(|s| s.last_lsn == m.last_lsn) {
+        return s.chain_crc == m.chain_crc;
+    }
+    match m.end {
+        Some(at) => wal
+            .read_record(at, m.last_lsn)
+            .is_ok_and(|r| r.crc == m.chain_crc),
+        None => false,
+    }
+}
+
 /// Replays `from..=to` into a run held in memory, with `chain_crc` as the chain value at its
 /// end (0 when the range does not end a sealed segment). Returns the run (none for an empty
 /// range) and how many records it read.
 fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32) -> Result<(Option<Run>, u64)> {
     struct Item {
+        /// The key's first 8 bytes, big-endian (zero-padded): most comparisons end here.
+        prefix: u64,
         key_at: usize,
         key_len: usize,
         lsn: u64,
@@ -378,6 +457,7 @@ fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32) -> Result<(Option<Run>,
     let mut items: Vec<Item> = Vec::new();
     let mut epoch = 0u64;
     let mut last = None;
+    let mut last_at = Location::default();
     let mut reader = wal.reader(from);
     let mut malformed = None;
     while let Some(r) = reader.next_with(|r| {
@@ -385,6 +465,7 @@ fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32) -> Result<(Option<Run>,
             return false;
         }
         last = Some(r.lsn);
+        last_at = r.location;
         let val = match r.kind {
             KIND_PUT => Some(Slot {
                 version: r.lsn,
@@ -406,7 +487,11 @@ fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32) -> Result<(Option<Run>,
                 return true;
             }
         };
+        let mut p = [0u8; 8];
+        let n = r.key.len().min(8);
+        p[..n].copy_from_slice(&r.key[..n]);
         items.push(Item {
+            prefix: u64::from_be_bytes(p),
             key_at: keys.len(),
             key_len: r.key.len(),
             lsn: r.lsn,
@@ -428,7 +513,12 @@ fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32) -> Result<(Option<Run>,
     let n = last - from.max(wal.first_lsn()) + 1;
     let key = |i: &Item| &keys[i.key_at..i.key_at + i.key_len];
     // By key, then by LSN: the last change of each key comes last among its equals.
-    items.sort_unstable_by(|a, b| key(a).cmp(key(b)).then(a.lsn.cmp(&b.lsn)));
+    items.sort_unstable_by(|a, b| {
+        a.prefix
+            .cmp(&b.prefix)
+            .then_with(|| key(a).cmp(key(b)))
+            .then(a.lsn.cmp(&b.lsn))
+    });
     let mut b = RunBuilder::with_capacity(items.len(), keys.len());
     for (i, item) in items.iter().enumerate() {
         if items.get(i + 1).is_some_and(|next| key(next) == key(item)) {
@@ -441,6 +531,7 @@ fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32) -> Result<(Option<Run>,
         last_lsn: last,
         chain_crc,
         epoch,
+        end: (chain_crc == 0).then_some(last_at),
     };
     let bytes = b.finish(meta);
     let run = Run::parse(Backing::Heap(bytes), None, false)
@@ -490,6 +581,7 @@ fn replace(
     state: &RwLock<Index>,
     group: &[Layer],
     chain_crc: u32,
+    end: Option<Location>,
     drop_tombstones: bool,
 ) -> Result<bool> {
     let (Some(newest), Some(oldest)) = (group.first(), group.last()) else {
@@ -500,6 +592,7 @@ fn replace(
         last_lsn: newest.last_lsn(),
         chain_crc,
         epoch: group.iter().map(Layer::epoch).max().unwrap_or(0),
+        end,
     };
     let entries: usize = group.iter().map(Layer::len).sum();
     let mut b = RunBuilder::with_capacity(entries, 0);
@@ -584,14 +677,14 @@ pub(crate) fn maintain(wal: &Wal, state: &RwLock<Index>, one_writer: &Mutex<()>)
         let Some((group, chain, oldest)) = group else {
             break;
         };
-        if !replace(wal, state, &group, chain, oldest)? {
+        if !replace(wal, state, &group, chain, None, oldest)? {
             break;
         }
         written += 1;
     }
     // Merge: two adjacent run files when the older holds at most twice the newer's entries.
     loop {
-        let pair: Option<(Vec<Layer>, u32, bool)> = {
+        let pair: Option<(Vec<Layer>, u32, Option<Location>, bool)> = {
             let idx = state.read();
             let l = &idx.layers;
             (0..l.len().saturating_sub(1))
@@ -599,22 +692,59 @@ pub(crate) fn maintain(wal: &Wal, state: &RwLock<Index>, one_writer: &Mutex<()>)
                     l[i].durable() && l[i + 1].durable() && l[i + 1].len() <= 2 * l[i].len().max(1)
                 })
                 .map(|i| {
-                    let chain = match &l[i] {
-                        Layer::Run(r) => r.meta().chain_crc,
-                        Layer::Frozen(_) => 0,
+                    // The merged run ends where the newer one does, and is checked the same way.
+                    let (chain, end) = match &l[i] {
+                        Layer::Run(r) => (r.meta().chain_crc, r.meta().end),
+                        Layer::Frozen(_) => (0, None),
                     };
-                    (l[i..i + 2].to_vec(), chain, i + 2 == l.len())
+                    (l[i..i + 2].to_vec(), chain, end, i + 2 == l.len())
                 })
         };
-        let Some((pair, chain, oldest)) = pair else {
+        let Some((pair, chain, end, oldest)) = pair else {
             break;
         };
-        if !replace(wal, state, &pair, chain, oldest)? {
+        if !replace(wal, state, &pair, chain, end, oldest)? {
             break;
         }
         written += 1;
     }
     Ok(written)
+}
+
+/// At a clean close, after the log is durable: writes every layer not yet in a run file, the
+/// active memtable included, as one run ending at the last record and bound to that record's
+/// chain value, so that the next open replays nothing. Returns whether it wrote one.
+pub(crate) fn write_at_close(
+    wal: &Wal,
+    state: &RwLock<Index>,
+    one_writer: &Mutex<()>,
+) -> Result<bool> {
+    maintain(wal, state, one_writer)?;
+    let _one = one_writer.lock();
+    let (group, lsn, at, oldest) = {
+        let mut idx = state.write();
+        let Some((lsn, at)) = idx.last_record else {
+            return Ok(false);
+        };
+        if idx.active_first <= lsn {
+            let frozen = Frozen {
+                map: std::mem::take(&mut idx.active),
+                first_lsn: idx.active_first,
+                last_lsn: lsn,
+                epoch: idx.active_epoch,
+            };
+            idx.layers.insert(0, Layer::Frozen(Arc::new(frozen)));
+            idx.active_first = lsn + 1;
+            idx.active_epoch = 0;
+        }
+        let n = idx.layers.iter().take_while(|l| !l.durable()).count();
+        if n == 0 || idx.layers[0].last_lsn() != lsn {
+            return Ok(false);
+        }
+        (idx.layers[..n].to_vec(), lsn, at, n == idx.layers.len())
+    };
+    let chain = wal.read_record(at, lsn)?.crc;
+    replace(wal, state, &group, chain, Some(at), oldest)
 }
 
 /// Removes files of the index directory that no layer uses: runs replaced by a merge before a

@@ -8,13 +8,14 @@
 //! records has the same bytes without a file.
 //!
 //! ```text
-//! header (64 bytes, little-endian)
+//! header (80 bytes, little-endian)
 //!  0 [u8; 8] magic "seglogRN"          32 u64 epoch: highest epoch fenced in the range (0: none)
 //!  8 u16     version = 1               40 u64 entry count n
 //! 10 u16     reserved = 0              48 u64 key heap bytes
 //! 12 u32     chain_crc at last_lsn     56 u64 bloom blocks b (64 bytes each)
-//! 16 u64     first_lsn
-//! 24 u64     last_lsn
+//! 16 u64     first_lsn                 64 u64 segment of the record last_lsn   } both 0 when the
+//! 24 u64     last_lsn                  72 u64 offset of the record last_lsn    } range ends a
+//!                                                                                sealed segment
 //! entries (n x 32 bytes, ascending by key, each key once)
 //!  0 u64 key offset in the key heap    24 u32 frame offset in the segment (segments <= 1 GiB)
 //!  8 u64 version (LSN of the change)   28 u16 key length
@@ -28,9 +29,12 @@
 //! - A run file is written whole to a temporary name, fsynced, renamed into place and its
 //!   directory fsynced; it is never modified afterwards, only unlinked once a merged run that
 //!   covers it is durable. That is what makes mapping it sound (see [`crate::mapped`]).
-//! - A run file is used only when its checksum holds and its range ends exactly where a sealed
-//!   segment of the log ends, with that segment's footer chain value: the chain value covers
-//!   every record before it, so a run can never be applied to another log or another history.
+//! - A run file is used only when its checksum holds and the log has its end: either a sealed
+//!   segment ends at `last_lsn` with the footer chain value the run recorded, or (a run written
+//!   at close, ending inside the active segment) the record `last_lsn` is at the recorded
+//!   location with that chain value. The chain value covers every record before it, so a run
+//!   can never be applied to another log or another history (a log cut shorter by recovery
+//!   fails the check too).
 //!   Anything else (missing, truncated, damaged, foreign) is ignored and the segments it would
 //!   have covered are replayed: a checkpoint can make opening faster, never the index wrong.
 //! - Readers never trust an entry beyond the checksum: every access is bounds-checked and a
@@ -42,7 +46,7 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: [u8; 8] = *b"seglogRN";
 const VERSION: u16 = 1;
-const HEADER_LEN: usize = 64;
+const HEADER_LEN: usize = 80;
 const ENTRY_LEN: usize = 32;
 const BLOCK_BYTES: usize = 64;
 const BLOOM_BITS_PER_KEY: usize = 10;
@@ -139,6 +143,8 @@ pub(crate) struct RunMeta {
     /// (an in-memory run of the active segment, never written).
     pub chain_crc: u32,
     pub epoch: u64,
+    /// Where the record `last_lsn` is, for a run that does not end a sealed segment.
+    pub end: Option<Location>,
 }
 
 impl RunBuilder {
@@ -179,7 +185,7 @@ impl RunBuilder {
         self.hashes.push(key_hash(key));
     }
 
-    #[cfg(debug_assertions)]
+    /// The key pushed last (checked in debug builds: runs must be sorted).
     fn last_key(&self) -> Option<&[u8]> {
         let n = self.entries.len() / ENTRY_LEN;
         let at = n.checked_sub(1)? * ENTRY_LEN;
@@ -214,6 +220,9 @@ impl RunBuilder {
         b.extend_from_slice(&(n as u64).to_le_bytes());
         b.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
         b.extend_from_slice(&(blocks as u64).to_le_bytes());
+        let end = meta.end.unwrap_or_default();
+        b.extend_from_slice(&end.segment.to_le_bytes());
+        b.extend_from_slice(&end.offset.to_le_bytes());
         b.extend_from_slice(&self.entries);
         b.extend_from_slice(&self.keys);
         b.extend_from_slice(&bloom);
@@ -270,6 +279,10 @@ impl Run {
             first_lsn: u64_at(b, 16)?,
             last_lsn: u64_at(b, 24)?,
             epoch: u64_at(b, 32)?,
+            end: match (u64_at(b, 64)?, u64_at(b, 72)?) {
+                (0, 0) => None,
+                (segment, offset) => Some(Location { segment, offset }),
+            },
         };
         let count = usize::try_from(u64_at(b, 40)?).ok()?;
         let keys_len = usize::try_from(u64_at(b, 48)?).ok()?;
