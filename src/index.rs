@@ -236,8 +236,7 @@ impl Index {
                 Part::File(_) => None,
             })
             .collect();
-        let results: Vec<Mutex<Option<Result<(Option<Run>, u64)>>>> =
-            jobs.iter().map(|_| Mutex::new(None)).collect();
+        let results: Vec<Mutex<Option<Replayed>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
         let workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(jobs.len());
@@ -426,6 +425,9 @@ pub struct IndexShape {
     pub run_file_bytes: u64,
 }
 
+/// What replaying a stretch of the log gives: its run (none when empty), records read.
+type Replayed = Result<(Option<Run>, u64)>;
+
 /// True when the log holds the end of `run`: a sealed segment ending at its last LSN with its
 /// chain value, or else the record at the location the run recorded, with that chain value.
 fn ends_in_log(wal: &Wal, sealed: &[seglog_wal::SealedSegment], run: &Run) -> bool {
@@ -444,7 +446,7 @@ fn ends_in_log(wal: &Wal, sealed: &[seglog_wal::SealedSegment], run: &Run) -> bo
 /// Replays `from..=to` into a run held in memory, with `chain_crc` as the chain value at its
 /// end (0 when the range does not end a sealed segment). Returns the run (none for an empty
 /// range) and how many records it read.
-fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32) -> Result<(Option<Run>, u64)> {
+fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32) -> Replayed {
     struct Item {
         /// The key's first 8 bytes, big-endian (zero-padded): most comparisons end here.
         prefix: u64,
