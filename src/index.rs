@@ -5,8 +5,10 @@
 //!   active memtable | frozen memtable | run (memory) | run file | ... | run file
 //!   [a, ...]          [f, a-1]          [r, f-1]       [p, r-1]          [log start, ...]
 //! ```
-//! - The **active memtable** (an ordered map) takes the changes of the records appended to the
-//!   active segment since it began (or since the open replayed it).
+//! - The **active memtable** (a hash map, so a put costs one probe whatever the key order; its
+//!   sorted view is built when a scan needs it and kept until the next change) takes the
+//!   changes of the records appended to the active segment since it began (or since the open
+//!   replayed it).
 //! - When the log rolls, the active memtable is **frozen** as it is: its LSN range ends exactly
 //!   at the end of the segment that just sealed.
 //! - A **run** ([`crate::run`]) is sorted and immutable. Opening builds runs in memory for the
@@ -31,13 +33,86 @@ use crate::run::{self, Backing, Run, RunBuilder, RunMeta, Slot, Val};
 use parking_lot::{Mutex, RwLock};
 use seglog_wal::dir::INDEX_DIR;
 use seglog_wal::{Io, Location, Wal};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::OnceLock;
+
+/// Hashes memtable keys with [`run::key_hash`] mixed with a per-process random seed (a memtable
+/// is never persisted; the seed keeps crafted keys from colliding on purpose).
+#[derive(Clone, Copy)]
+pub(crate) struct KeyHashState(u64);
+
+impl Default for KeyHashState {
+    fn default() -> Self {
+        static SEED: OnceLock<u64> = OnceLock::new();
+        KeyHashState(
+            *SEED.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(0u64)),
+        )
+    }
+}
+
+impl BuildHasher for KeyHashState {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(self.0)
+    }
+}
+
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 =
+            (self.0.rotate_left(23) ^ run::key_hash(bytes)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_usize(&mut self, n: usize) {
+        // The length prefix a slice hashes first: already mixed into `key_hash`.
+        self.0 ^= n as u64;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Map = HashMap<Vec<u8>, Val, KeyHashState>;
+type Sorted = Vec<(Vec<u8>, Val)>;
+
+fn sorted(map: &Map) -> Sorted {
+    let mut v: Sorted = map.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// The entries of a sorted view from the first key at least `from`.
+fn sorted_from<'a>(v: &'a [(Vec<u8>, Val)], from: &[u8]) -> Entries<'a> {
+    let start = v.partition_point(|(k, _)| k.as_slice() < from);
+    Box::new(v[start..].iter().map(|(k, v)| (k.as_slice(), *v)))
+}
+
+/// The active memtable.
+#[derive(Default)]
+pub(crate) struct Memtable {
+    map: Map,
+    /// Its sorted view, built for scans and dropped at the next change.
+    sorted: Mutex<Option<Arc<Sorted>>>,
+}
+
+impl Memtable {
+    fn sorted(&self) -> Arc<Sorted> {
+        self.sorted
+            .lock()
+            .get_or_insert_with(|| Arc::new(sorted(&self.map)))
+            .clone()
+    }
+}
 
 /// An immutable memtable: the changes of `first_lsn..=last_lsn`.
 pub(crate) struct Frozen {
-    map: BTreeMap<Vec<u8>, Val>,
+    map: Map,
+    /// Its sorted view, built the first time it is iterated (by a scan or by the flush).
+    sorted: OnceLock<Sorted>,
     first_lsn: u64,
     last_lsn: u64,
     epoch: u64,
@@ -95,11 +170,7 @@ impl Layer {
     }
     fn iter_from<'a>(&'a self, from: &[u8]) -> Entries<'a> {
         match self {
-            Layer::Frozen(f) => Box::new(
-                f.map
-                    .range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
-                    .map(|(k, v)| (k.as_slice(), *v)),
-            ),
+            Layer::Frozen(f) => sorted_from(f.sorted.get_or_init(|| sorted(&f.map)), from),
             Layer::Run(r) => Box::new(r.iter_from(from)),
         }
     }
@@ -136,7 +207,7 @@ fn merge<'a>(mut sources: Vec<Entries<'a>>, mut f: impl FnMut(&'a [u8], Val) -> 
 
 /// The index (see the module docs).
 pub(crate) struct Index {
-    active: BTreeMap<Vec<u8>, Val>,
+    active: Memtable,
     /// First LSN the active memtable covers.
     active_first: u64,
     /// Highest epoch fenced by a record of the active memtable's range.
@@ -272,7 +343,7 @@ impl Index {
         let active_first = oldest_first.last().map_or(next, |l| l.last_lsn() + 1);
         oldest_first.reverse();
         let index = Index {
-            active: BTreeMap::new(),
+            active: Memtable::default(),
             active_first,
             active_epoch: 0,
             active_segment: wal.active_segment().unwrap_or(0),
@@ -288,7 +359,7 @@ impl Index {
 
     /// The live slot of `key`.
     pub(crate) fn get(&self, key: &[u8]) -> Option<Slot> {
-        if let Some(v) = self.active.get(key) {
+        if let Some(v) = self.active.map.get(key) {
             return *v;
         }
         self.layers.iter().find_map(|l| l.get(key)).flatten()
@@ -297,11 +368,14 @@ impl Index {
     /// Records the change a record in the active segment made. Call [`Index::roll`] first.
     pub(crate) fn set(&mut self, key: &[u8], val: Val) {
         // Overwriting a key already in the memtable needs no new key allocation.
-        match self.active.get_mut(key) {
+        match self.active.map.get_mut(key) {
             Some(v) => *v = val,
             None => {
-                self.active.insert(key.to_vec(), val);
+                self.active.map.insert(key.to_vec(), val);
             }
+        }
+        if let Some(stale) = self.active.sorted.get_mut().take() {
+            drop(stale);
         }
     }
 
@@ -329,8 +403,14 @@ impl Index {
         }
         // `segment` is the first LSN of the new segment: the memtable's range ends before it.
         if self.active_first < segment {
+            // The next segment likely changes as many keys: sized now, the new memtable never
+            // rehashes (a rehash reads every key again, a cache miss each).
+            let expected = self.active.map.len();
+            let mut fresh = Memtable::default();
+            fresh.map.reserve(expected);
             let frozen = Frozen {
-                map: std::mem::take(&mut self.active),
+                map: std::mem::replace(&mut self.active, fresh).map,
+                sorted: OnceLock::new(),
                 first_lsn: self.active_first,
                 last_lsn: segment - 1,
                 epoch: self.active_epoch,
@@ -344,16 +424,12 @@ impl Index {
     }
 
     fn sources<'a>(
-        active: &'a BTreeMap<Vec<u8>, Val>,
+        active: &'a [(Vec<u8>, Val)],
         layers: &'a [Layer],
         from: &[u8],
     ) -> Vec<Entries<'a>> {
         let mut s: Vec<Entries<'a>> = Vec::with_capacity(layers.len() + 1);
-        s.push(Box::new(
-            active
-                .range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
-                .map(|(k, v)| (k.as_slice(), *v)),
-        ));
+        s.push(sorted_from(active, from));
         s.extend(layers.iter().map(|l| l.iter_from(from)));
         s
     }
@@ -364,7 +440,8 @@ impl Index {
         if limit == 0 {
             return out;
         }
-        merge(Self::sources(&self.active, &self.layers, from), |k, v| {
+        let active = self.active.sorted();
+        merge(Self::sources(&active, &self.layers, from), |k, v| {
             if let Some(s) = v {
                 out.push((k.to_vec(), s.version));
             }
@@ -373,14 +450,14 @@ impl Index {
         out
     }
 
-    /// What counting live keys needs, taken under the lock: a copy of the active memtable (it
-    /// is bounded by a segment) and the immutable layers.
-    pub(crate) fn count_snapshot(&self) -> (BTreeMap<Vec<u8>, Val>, Vec<Layer>) {
-        (self.active.clone(), self.layers.clone())
+    /// What counting live keys needs, taken under the lock: the active memtable's sorted view
+    /// (it is bounded by a segment) and the immutable layers.
+    pub(crate) fn count_snapshot(&self) -> (Arc<Sorted>, Vec<Layer>) {
+        (self.active.sorted(), self.layers.clone())
     }
 
     /// Counts the live keys of a [`Index::count_snapshot`] (one pass over every layer).
-    pub(crate) fn count_live(snapshot: &(BTreeMap<Vec<u8>, Val>, Vec<Layer>)) -> usize {
+    pub(crate) fn count_live(snapshot: &(Arc<Sorted>, Vec<Layer>)) -> usize {
         let mut n = 0;
         merge(Self::sources(&snapshot.0, &snapshot.1, &[]), |_, v| {
             n += usize::from(v.is_some());
@@ -393,7 +470,7 @@ impl Index {
     pub(crate) fn shape(&self) -> IndexShape {
         let mut s = IndexShape {
             layers: self.layers.len() + 1,
-            memtable_entries: self.active.len(),
+            memtable_entries: self.active.map.len(),
             ..IndexShape::default()
         };
         for l in &self.layers {
@@ -730,7 +807,8 @@ pub(crate) fn write_at_close(
         };
         if idx.active_first <= lsn {
             let frozen = Frozen {
-                map: std::mem::take(&mut idx.active),
+                map: std::mem::take(&mut idx.active).map,
+                sorted: OnceLock::new(),
                 first_lsn: idx.active_first,
                 last_lsn: lsn,
                 epoch: idx.active_epoch,

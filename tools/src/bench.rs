@@ -57,7 +57,7 @@ pub struct Latency {
     pub p999_us: f64,
 }
 
-fn percentiles(mut ns: Vec<u64>) -> Latency {
+pub(crate) fn percentiles(mut ns: Vec<u64>) -> Latency {
     if ns.is_empty() {
         return Latency::default();
     }
@@ -115,7 +115,7 @@ pub struct ReplayResult {
     pub uring_raw_mb_per_sec: Option<f64>,
 }
 
-fn err(what: &str, e: impl std::fmt::Display) -> Failure {
+pub(crate) fn err(what: &str, e: impl std::fmt::Display) -> Failure {
     Failure::Error(format!("{what}: {e}"))
 }
 
@@ -283,7 +283,7 @@ pub fn run_appends(dir: &Path, opts: &BenchOptions) -> Result<AppendResult, Fail
     })
 }
 
-fn segment_files(dir: &Path) -> Result<(Vec<PathBuf>, u64), Failure> {
+pub(crate) fn segment_files(dir: &Path) -> Result<(Vec<PathBuf>, u64), Failure> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .map_err(|e| err("list", e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -396,7 +396,7 @@ fn uring_read(files: &[PathBuf], depth: usize) -> std::io::Result<u64> {
     Ok(total)
 }
 
-fn raw_read(files: &[PathBuf]) -> Result<u64, Failure> {
+pub(crate) fn raw_read(files: &[PathBuf]) -> Result<u64, Failure> {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     for p in files {
@@ -622,7 +622,7 @@ pub enum Target {
     Absolute(f64),
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     if s.is_empty() {

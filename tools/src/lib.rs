@@ -5,6 +5,7 @@ pub mod append;
 pub mod bench;
 pub mod demo;
 pub mod dump;
+pub mod engine_bench;
 pub mod inspect;
 pub mod output;
 

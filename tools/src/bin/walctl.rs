@@ -118,6 +118,17 @@ enum Cmd {
         /// Size of the log replayed by --targets.
         #[arg(long, default_value = "1GB", value_parser = parse_size)]
         replay_size: u64,
+        /// Instead of the WAL, measure the engine: put against WAL append, reopen with and
+        /// without index checkpoints against a raw read, get latency, memory per key,
+        /// subscription latency (--keys keys, --record-size values, --runs repetitions).
+        #[arg(long)]
+        engine: bool,
+        /// Keys of the --engine data set.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// (Internal to --engine: open DIR in this fresh process and print the memory it took.)
+        #[arg(long, hide = true)]
+        engine_open_rss: Option<PathBuf>,
     },
 }
 
@@ -182,6 +193,29 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let (c, origin) = load_config(&cli.config)?;
             inspect::inspect(&dir, &c, &origin, &mut stdout.lock())
         }
+        Cmd::Bench {
+            engine_open_rss: Some(data),
+            segment_size,
+            ..
+        } => seglog_tools::engine_bench::open_rss(&data, segment_size, &mut stdout.lock()),
+        Cmd::Bench {
+            engine: true,
+            dir,
+            keys,
+            record_size,
+            runs,
+            segment_size,
+            ..
+        } => seglog_tools::engine_bench::run(
+            &seglog_tools::engine_bench::EngineBenchOptions {
+                dir,
+                keys,
+                value_size: record_size,
+                runs,
+                segment_size,
+            },
+            &mut stdout.lock(),
+        ),
         Cmd::Bench {
             matrix: true,
             dir,

@@ -1,0 +1,477 @@
+//! `walctl bench --engine`: the engine's figures, each next to what it is compared with in the
+//! same run.
+//!
+//! - put throughput under `never`, `batch` and `always` against `Wal::append` of the same
+//!   records (the engine's cost is its index and locks): time per operation, and the ratio;
+//! - reopen of `--keys` keys: with index checkpoints after a clean close, with checkpoints of
+//!   the sealed segments only (what a crash leaves: the active segment is replayed), and full
+//!   replay (no checkpoints), against a raw sequential read of the same segment files; cold
+//!   (page cache dropped, when the process may) and warm;
+//! - get latency p50/p99 for keys in sealed segments (memory-mapped) and in the active segment
+//!   (pread), warm, and cold (the first gets after dropping the page cache);
+//! - heap memory the open index costs per million keys, measured in a fresh process;
+//! - subscription delivery latency p50/p99 under `always` and `batch` (10 ms), a writer at a
+//!   steady 2000 changes/s.
+
+use crate::bench::{drop_caches, err, median, percentiles, raw_read, segment_files, Latency};
+use crate::{CmdResult, Failure};
+use seglog::wal::{Entry, FsyncPolicy, Wal, WalConfig};
+use seglog::{CacheConfig, Config, Engine};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What `walctl bench --engine` measures.
+#[derive(Debug, Clone)]
+pub struct EngineBenchOptions {
+    /// Working directory (replaced).
+    pub dir: PathBuf,
+    /// Keys of the reopen and get data set.
+    pub keys: u64,
+    /// Value bytes.
+    pub value_size: usize,
+    /// Repetitions (medians are reported).
+    pub runs: usize,
+    /// Segment size.
+    pub segment_size: u64,
+}
+
+fn config(fsync: FsyncPolicy, segment_size: u64) -> Config {
+    Config {
+        wal: WalConfig {
+            fsync,
+            fsync_interval_ms: 10,
+            segment_size_bytes: segment_size,
+            ..WalConfig::default()
+        },
+        cache: CacheConfig { value_cache_mb: 0 },
+    }
+}
+
+fn fail(what: &str, e: impl std::fmt::Display) -> Failure {
+    err(what, e)
+}
+
+/// The key of item `i`: 20 bytes, in an order unrelated to `i`.
+fn key(i: u64) -> String {
+    format!("key-{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+fn fresh(dir: &Path) -> Result<(), Failure> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(fail("remove bench directory", e)),
+    }
+}
+
+/// Nanoseconds per operation of `n` engine puts and of `n` raw WAL appends, same records.
+fn put_vs_append(
+    dir: &Path,
+    fsync: FsyncPolicy,
+    n: u64,
+    value: &[u8],
+) -> Result<(f64, f64), Failure> {
+    let cfg = config(fsync, 64 << 20);
+    let wal_dir = dir.join("put-wal");
+    let engine_dir = dir.join("put-engine");
+    fresh(&wal_dir)?;
+    fresh(&engine_dir)?;
+    let wal = Wal::open(&wal_dir, cfg.wal.clone())?;
+    let t = Instant::now();
+    for i in 0..n {
+        let k = key(i);
+        wal.append(Entry {
+            kind: seglog::record::KIND_PUT,
+            key: k.as_bytes(),
+            value,
+        })?;
+    }
+    let wal_ns = t.elapsed().as_nanos() as f64 / n as f64;
+    wal.close()?;
+    let e = Engine::open(&engine_dir, cfg).map_err(|e| fail("open engine", e))?;
+    let t = Instant::now();
+    for i in 0..n {
+        e.put(key(i).as_bytes(), value)
+            .map_err(|e| fail("put", e))?;
+    }
+    let engine_ns = t.elapsed().as_nanos() as f64 / n as f64;
+    e.close().map_err(|e| fail("close", e))?;
+    fresh(&wal_dir)?;
+    fresh(&engine_dir)?;
+    Ok((engine_ns, wal_ns))
+}
+
+/// Seconds to open the engine in `dir`, cold first when possible, then warm. Each engine is
+/// dropped without a clean close; `reset` then undoes what its background work wrote.
+fn time_open(
+    dir: &Path,
+    cfg: &Config,
+    reset: &dyn Fn() -> Result<(), Failure>,
+) -> Result<(Option<f64>, f64, seglog::OpenReport), Failure> {
+    let cold = if drop_caches() {
+        let t = Instant::now();
+        let e = Engine::open(dir, cfg.clone()).map_err(|e| fail("open", e))?;
+        let s = t.elapsed().as_secs_f64();
+        drop(e);
+        reset()?;
+        // Warm the files again for the warm open below.
+        let e = Engine::open(dir, cfg.clone()).map_err(|e| fail("open", e))?;
+        drop(e);
+        reset()?;
+        Some(s)
+    } else {
+        None
+    };
+    let t = Instant::now();
+    let e = Engine::open(dir, cfg.clone()).map_err(|e| fail("open", e))?;
+    let warm = t.elapsed().as_secs_f64();
+    let report = e.open_report().clone();
+    drop(e);
+    reset()?;
+    Ok((cold, warm, report))
+}
+
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// `walctl bench --engine-open-rss DIR` (in a fresh process): opens the engine and prints the
+/// anonymous (heap) and file-backed memory the open added, in KiB, and the key count.
+pub fn open_rss(dir: &Path, segment_size: u64, out: &mut dyn Write) -> CmdResult {
+    let (anon, file) = (rss_kib("RssAnon:"), rss_kib("RssFile:"));
+    let e =
+        Engine::open(dir, config(FsyncPolicy::Never, segment_size)).map_err(|e| fail("open", e))?;
+    let (anon2, file2) = (rss_kib("RssAnon:"), rss_kib("RssFile:"));
+    let keys = e.len();
+    writeln!(
+        out,
+        "{} {} {}",
+        anon2.saturating_sub(anon),
+        file2.saturating_sub(file),
+        keys
+    )
+    .map_err(|e| fail("write", e))?;
+    drop(e);
+    Ok(())
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Delivery latency of `n` changes written at a steady 2000/s to one subscriber.
+fn subscription_latency(dir: &Path, fsync: FsyncPolicy, n: u64) -> Result<Latency, Failure> {
+    fresh(dir)?;
+    let e = Engine::open(dir, config(fsync, 64 << 20)).map_err(|e| fail("open", e))?;
+    let mut lat = Vec::with_capacity(n as usize);
+    let mut failure = None;
+    std::thread::scope(|s| {
+        let writer = &e;
+        let w = s.spawn(move || -> Result<(), seglog::Error> {
+            for i in 0..n {
+                writer.put(format!("k{}", i % 1000).as_bytes(), &[1u8; 100])?;
+                // Load pacing (a daemon's steady event rate), not synchronisation.
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            Ok(())
+        });
+        let mut sub = e.subscribe(1);
+        while (lat.len() as u64) < n {
+            match sub.next_timeout(Duration::from_secs(30)) {
+                Ok(Some(c)) => lat.push(now_us().saturating_sub(c.timestamp_us) * 1000),
+                Ok(None) => {
+                    failure = Some(fail("subscribe", "no change within 30 s"));
+                    break;
+                }
+                Err(e) => {
+                    failure = Some(fail("subscribe", e));
+                    break;
+                }
+            }
+        }
+        if let Ok(Err(e)) = w.join() {
+            failure.get_or_insert(fail("put", e));
+        }
+    });
+    e.close().map_err(|e| fail("close", e))?;
+    fresh(dir)?;
+    match failure {
+        Some(f) => Err(f),
+        None => Ok(percentiles(lat)),
+    }
+}
+
+/// Get latency over `keys` (indices), each measured alone.
+fn get_latency(e: &Engine, keys: &[u64]) -> Result<Latency, Failure> {
+    let mut ns = Vec::with_capacity(keys.len());
+    for &i in keys {
+        let k = key(i);
+        let t = Instant::now();
+        let v = e.get(k.as_bytes()).map_err(|e| fail("get", e))?;
+        ns.push(t.elapsed().as_nanos() as u64);
+        if v.is_none() {
+            return Err(Failure::Check(format!("key {k} missing")));
+        }
+    }
+    Ok(percentiles(ns))
+}
+
+fn fmt_s(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.3}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs every engine figure and prints them.
+pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
+    let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(|e| fail("write", e));
+    std::fs::create_dir_all(&opts.dir).map_err(|e| fail("create bench directory", e))?;
+    let runs = opts.runs.max(1);
+    let value = vec![7u8; opts.value_size];
+
+    w(out, format!("seglog engine benchmark: {} keys of 20 bytes, {} B values, {} runs (medians; per-run values in brackets)", opts.keys, opts.value_size, runs))?;
+    w(
+        out,
+        "\nput vs raw WAL append, same records, same run (ns per operation):".into(),
+    )?;
+    for (name, fsync, n) in [
+        ("never", FsyncPolicy::Never, 1_000_000u64),
+        ("batch", FsyncPolicy::Batch, 1_000_000),
+        ("always", FsyncPolicy::Always, 3_000),
+    ] {
+        let (mut e_ns, mut w_ns, mut ratios) = (vec![], vec![], vec![]);
+        for _ in 0..runs {
+            let (a, b) = put_vs_append(&opts.dir, fsync, n, &value)?;
+            e_ns.push(a);
+            w_ns.push(b);
+            ratios.push(a / b);
+        }
+        w(
+            out,
+            format!(
+                "  {name:<6} engine put {:>9.0} ns  wal append {:>9.0} ns  ratio {:.3}x [{}]",
+                median(&e_ns),
+                median(&w_ns),
+                median(&ratios),
+                fmt_s(&ratios)
+            ),
+        )?;
+    }
+
+    // The data set: every key once, in random key order.
+    let data = opts.dir.join("engine");
+    fresh(&data)?;
+    let cfg = config(FsyncPolicy::Never, opts.segment_size);
+    eprintln!("walctl bench: writing {} keys", opts.keys);
+    let e = Engine::open(&data, cfg.clone()).map_err(|e| fail("open", e))?;
+    for i in 0..opts.keys {
+        e.put(key(i).as_bytes(), &value)
+            .map_err(|e| fail("put", e))?;
+    }
+    let active_first = e.wal().active_segment().unwrap_or(1);
+    e.checkpoint_now().map_err(|e| fail("checkpoint", e))?;
+    // Dropped without a clean close: runs of the sealed segments only, as after a crash.
+    drop(e);
+    let (files, bytes) = segment_files(&data)?;
+    w(
+        out,
+        format!(
+            "\nreopen: {:.0} MiB of log in {} segments (seconds) [cold per run] / [warm per run]:",
+            bytes as f64 / 1048576.0,
+            files.len()
+        ),
+    )?;
+
+    let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> = Vec::new();
+    let mut raw_cold = vec![];
+    let mut raw_warm = vec![];
+    for _ in 0..runs {
+        if drop_caches() {
+            let t = Instant::now();
+            raw_read(&files)?;
+            raw_cold.push(t.elapsed().as_secs_f64());
+        }
+        let t = Instant::now();
+        raw_read(&files)?;
+        raw_warm.push(t.elapsed().as_secs_f64());
+    }
+    let mut crash = (vec![], vec![]);
+    let mut report_crash = None;
+    for _ in 0..runs {
+        let (c, wm, r) = time_open(&data, &cfg, &|| Ok(()))?;
+        crash.0.extend(c);
+        crash.1.push(wm);
+        report_crash = Some(r);
+    }
+    // A clean close writes the active segment's part of the index too.
+    Engine::open(&data, cfg.clone())
+        .map_err(|e| fail("open", e))?
+        .close()
+        .map_err(|e| fail("close", e))?;
+    let mut clean = (vec![], vec![]);
+    let mut report_clean = None;
+    for _ in 0..runs {
+        let (c, wm, r) = time_open(&data, &cfg, &|| Ok(()))?;
+        clean.0.extend(c);
+        clean.1.push(wm);
+        report_clean = Some(r);
+    }
+    let index = data.join("index");
+    let aside = opts.dir.join("index-aside");
+    fresh(&aside)?;
+    std::fs::rename(&index, &aside).map_err(|e| fail("move the index aside", e))?;
+    let mut full = (vec![], vec![]);
+    let mut report_full = None;
+    for _ in 0..runs {
+        // Each open writes new runs in the background: they go before the next full replay.
+        let (c, wm, r) = time_open(&data, &cfg, &|| fresh(&index))?;
+        full.0.extend(c);
+        full.1.push(wm);
+        report_full = Some(r);
+    }
+    std::fs::rename(&aside, &index).map_err(|e| fail("put the index back", e))?;
+    rows.push(("with checkpoints, after a clean close", clean.0, clean.1));
+    rows.push(("with checkpoints, after a crash", crash.0, crash.1));
+    rows.push(("full replay (no checkpoints)", full.0, full.1));
+    let (full_cold, full_warm) = (median(&rows[2].1), median(&rows[2].2));
+    let mbps = |s: f64| bytes as f64 / s / 1e6;
+    w(
+        out,
+        format!(
+            "  {:<40} cold {:>7.3} [{}]  warm {:>7.3} [{}]",
+            "raw sequential read of the segments",
+            median(&raw_cold),
+            fmt_s(&raw_cold),
+            median(&raw_warm),
+            fmt_s(&raw_warm)
+        ),
+    )?;
+    for (name, c, wm) in &rows {
+        w(
+            out,
+            format!(
+                "  {name:<40} cold {:>7.3} [{}]  warm {:>7.3} [{}]",
+                median(c),
+                fmt_s(c),
+                median(wm),
+                fmt_s(wm)
+            ),
+        )?;
+    }
+    for (name, r) in [
+        ("clean", &report_clean),
+        ("crash", &report_crash),
+        ("full", &report_full),
+    ] {
+        if let Some(r) = r {
+            w(out, format!("  {name}: {r:?}"))?;
+        }
+    }
+    if !raw_cold.is_empty() {
+        w(out, format!(
+            "  cold: checkpoints {:.1}x faster than full replay (clean close), {:.1}x (after a crash); full replay {:.0} MB/s = {:.2}x raw read {:.0} MB/s",
+            full_cold / median(&rows[0].1), full_cold / median(&rows[1].1), mbps(full_cold), mbps(full_cold) / mbps(median(&raw_cold)), mbps(median(&raw_cold))
+        ))?;
+    }
+    w(out, format!(
+        "  warm: checkpoints {:.1}x faster than full replay (clean close), {:.1}x (after a crash); full replay {:.0} MB/s = {:.2}x raw read {:.0} MB/s",
+        full_warm / median(&rows[0].2), full_warm / median(&rows[1].2), mbps(full_warm), mbps(full_warm) / mbps(median(&raw_warm)), mbps(median(&raw_warm))
+    ))?;
+
+    // Memory, in a fresh process so freed memory of this one does not hide it.
+    let exe = std::env::current_exe().map_err(|e| fail("find walctl", e))?;
+    let o = std::process::Command::new(exe)
+        .args(["bench", "--engine-open-rss"])
+        .arg(&data)
+        .args(["--segment-size", &opts.segment_size.to_string()])
+        .output()
+        .map_err(|e| fail("run walctl", e))?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    let nums: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if let [anon, file, keys] = nums[..] {
+        w(out, format!(
+            "\nmemory after open (fresh process, {keys:.0} keys): heap {:.1} MB = {:.1} MB per million keys; mapped index files resident {:.1} MB",
+            anon / 1024.0, anon / 1024.0 / (keys / 1e6).max(1e-6), file / 1024.0
+        ))?;
+    } else {
+        w(
+            out,
+            format!(
+                "\nmemory: not measured ({})",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        )?;
+    }
+
+    // Gets.
+    let e = Engine::open(&data, cfg.clone()).map_err(|e| fail("open", e))?;
+    let first_active_key = active_first.saturating_sub(1).min(opts.keys);
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut pick = |lo: u64, hi: u64, n: usize| -> Vec<u64> {
+        (0..n)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                lo + rng % (hi - lo).max(1)
+            })
+            .collect()
+    };
+    let sealed_keys = pick(0, first_active_key.max(1), 20_000);
+    let active_keys = pick(first_active_key, opts.keys, 20_000);
+    w(out, "\nget latency, value cache off (us):".into())?;
+    for (name, ks) in [
+        ("sealed segment (mmap)", &sealed_keys),
+        ("active segment (pread)", &active_keys),
+    ] {
+        if first_active_key == 0 && name.starts_with("sealed")
+            || first_active_key >= opts.keys && name.starts_with("active")
+        {
+            continue;
+        }
+        let cold = if drop_caches() {
+            Some(get_latency(&e, &ks[..2000])?)
+        } else {
+            None
+        };
+        get_latency(&e, ks)?;
+        let warm = get_latency(&e, ks)?;
+        let c = cold.map_or(
+            "not measured (no permission to drop the page cache)".to_string(),
+            |c| format!("p50 {:.1} p99 {:.1}", c.p50_us, c.p99_us),
+        );
+        w(out, format!("  {name:<24} warm p50 {:.2} p99 {:.2}   cold (first 2000 gets after dropping the cache) {c}", warm.p50_us, warm.p99_us))?;
+    }
+    drop(e);
+
+    w(
+        out,
+        "\nsubscription delivery latency, 2000 changes at 2000/s (us):".into(),
+    )?;
+    for (name, fsync) in [
+        ("always", FsyncPolicy::Always),
+        ("batch 10 ms", FsyncPolicy::Batch),
+    ] {
+        let l = subscription_latency(&opts.dir.join("subscribe"), fsync, 2000)?;
+        w(
+            out,
+            format!(
+                "  {name:<12} p50 {:.0} p99 {:.0} p999 {:.0}",
+                l.p50_us, l.p99_us, l.p999_us
+            ),
+        )?;
+    }
+    Ok(())
+}
