@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the engine, each next to the raw WAL figure measured in the same run:
 //!
 //! - `put_vs_wal_append/{never,always}`: `Engine::put` of a 16-byte key and 100-byte value vs
-//!   `Wal::append` of the same record (the engine's cost is the index and its lock).
+//!   `Wal::append` of the same record (the engine's cost is the index and its lock), keys in
+//!   ascending order (`sequential`) and in scattered order (`random`, each key once).
 //! - `get`: a key whose record is in a sealed segment (memory-mapped) and one in the active
 //!   segment (pread), value cache off, warm page cache.
 
@@ -33,29 +34,35 @@ fn put_vs_wal_append(c: &mut Criterion) {
             .throughput(Throughput::Elements(1));
         let value = [7u8; 100];
         let wal = Wal::open(tmp.path().join("wal"), cfg(fsync).wal).unwrap();
-        let mut i = 0u64;
-        g.bench_function("wal_append", |b| {
-            b.iter(|| {
-                i += 1;
-                let key = format!("key-{:012}", i % 1_000_000);
-                wal.append(Entry {
-                    kind: 1,
-                    key: key.as_bytes(),
-                    value: &value,
+        let sequential = |i: u64| format!("key-{:012}", i % 1_000_000);
+        let random = |i: u64| format!("key-{:012x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16);
+        for (order, key) in [
+            ("sequential", &sequential as &dyn Fn(u64) -> String),
+            ("random", &random),
+        ] {
+            let mut i = 0u64;
+            g.bench_function(format!("wal_append/{order}"), |b| {
+                b.iter(|| {
+                    i += 1;
+                    let key = key(i);
+                    wal.append(Entry {
+                        kind: 1,
+                        key: key.as_bytes(),
+                        value: &value,
+                    })
+                    .unwrap()
                 })
-                .unwrap()
-            })
-        });
+            });
+            let e = Engine::open(tmp.path().join(format!("engine-{order}")), cfg(fsync)).unwrap();
+            let mut i = 0u64;
+            g.bench_function(format!("engine_put/{order}"), |b| {
+                b.iter(|| {
+                    i += 1;
+                    e.put(key(i).as_bytes(), &value).unwrap()
+                })
+            });
+        }
         drop(wal);
-        let e = Engine::open(tmp.path().join("engine"), cfg(fsync)).unwrap();
-        let mut i = 0u64;
-        g.bench_function("engine_put", |b| {
-            b.iter(|| {
-                i += 1;
-                let key = format!("key-{:012}", i % 1_000_000);
-                e.put(key.as_bytes(), &value).unwrap()
-            })
-        });
         g.finish();
     }
 }

@@ -276,6 +276,21 @@ fn readers_see_consistent_values_while_writers_append_and_segments_roll() {
                 }
             });
         }
+        {
+            // Scans while memtables freeze and runs are written and merged underneath: always
+            // ascending, each key once, never more keys than exist.
+            let e = e.clone();
+            s.spawn(move || {
+                for _ in 0..200 {
+                    let keys = e.scan(b"", usize::MAX);
+                    assert!(keys.len() <= 200, "{} keys", keys.len());
+                    assert!(
+                        keys.windows(2).all(|w| w[0].0 < w[1].0),
+                        "scan out of order"
+                    );
+                }
+            });
+        }
         for _ in 0..2 {
             let e = e.clone();
             s.spawn(move || {

@@ -8,7 +8,7 @@
 //!   00000000000000000001.seg    segments, named by first LSN
 //!   00000000000000004097.seg
 //!   next.seg.tmp                a segment being prepared (zero-filled) for the next roll
-//!   index/                      the engine's index checkpoints, one per sealed segment
+//!   index/                      the engine's index checkpoints (sorted run files)
 //! ```
 //!
 //! Invariants (docs/format.md, "Recovery"):
