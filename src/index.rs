@@ -374,9 +374,7 @@ impl Index {
                 self.active.map.insert(key.to_vec(), val);
             }
         }
-        if let Some(stale) = self.active.sorted.get_mut().take() {
-            drop(stale);
-        }
+        *self.active.sorted.get_mut() = None;
     }
 
     /// Notes the last record applied: its LSN and location.

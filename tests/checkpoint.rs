@@ -25,12 +25,18 @@ fn config() -> Config {
 }
 
 fn write_history(e: &Engine, range: std::ops::Range<u32>) {
+    write_history_with(e, range, "v");
+}
+
+/// Puts (values `{prefix}{i}`), deletes and a fence at 1000.
+fn write_history_with(e: &Engine, range: std::ops::Range<u32>, prefix: &str) {
     for i in range {
         let k = format!("k{}", i % KEYS);
         if i % 7 == 0 {
             e.delete(k.as_bytes()).unwrap();
         } else {
-            e.put(k.as_bytes(), format!("v{i}").as_bytes()).unwrap();
+            e.put(k.as_bytes(), format!("{prefix}{i}").as_bytes())
+                .unwrap();
         }
         if i == 1000 {
             e.fence(4).unwrap();
@@ -172,17 +178,7 @@ fn a_run_of_another_log_is_not_used() {
     let before = fill(a.path());
     // Same keys and record sizes, other values: same LSN ranges, other chain values.
     let e = Engine::open(b.path(), config()).unwrap();
-    for i in 0..2000u32 {
-        let k = format!("k{}", i % KEYS);
-        if i % 7 == 0 {
-            e.delete(k.as_bytes()).unwrap();
-        } else {
-            e.put(k.as_bytes(), format!("w{i}").as_bytes()).unwrap();
-        }
-        if i == 1000 {
-            e.fence(4).unwrap();
-        }
-    }
+    write_history_with(&e, 0..2000, "w");
     e.checkpoint_now().unwrap();
     e.close().unwrap();
     for p in runs(a.path()) {
