@@ -132,6 +132,26 @@ fn time_open(
     Ok((cold, warm, report))
 }
 
+/// Cold seconds (when measurable), warm seconds, and the last open's report.
+type Opens = (Vec<f64>, Vec<f64>, Option<seglog::OpenReport>);
+
+/// [`time_open`] `runs` times: cold seconds (when measurable), warm seconds, the last report.
+fn time_opens(
+    runs: usize,
+    dir: &Path,
+    cfg: &Config,
+    reset: &dyn Fn() -> Result<(), Failure>,
+) -> Result<Opens, Failure> {
+    let (mut cold, mut warm, mut report) = (vec![], vec![], None);
+    for _ in 0..runs {
+        let (c, w, r) = time_open(dir, cfg, reset)?;
+        cold.extend(c);
+        warm.push(w);
+        report = Some(r);
+    }
+    Ok((cold, warm, report))
+}
+
 fn rss_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -304,44 +324,27 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
         raw_read(&files)?;
         raw_warm.push(t.elapsed().as_secs_f64());
     }
-    let mut crash = (vec![], vec![]);
-    let mut report_crash = None;
-    for _ in 0..runs {
-        let (c, wm, r) = time_open(&data, &cfg, &|| Ok(()))?;
-        crash.0.extend(c);
-        crash.1.push(wm);
-        report_crash = Some(r);
-    }
+    let (crash_cold, crash_warm, report_crash) = time_opens(runs, &data, &cfg, &|| Ok(()))?;
     // A clean close writes the active segment's part of the index too.
     Engine::open(&data, cfg.clone())
         .map_err(|e| fail("open", e))?
         .close()
         .map_err(|e| fail("close", e))?;
-    let mut clean = (vec![], vec![]);
-    let mut report_clean = None;
-    for _ in 0..runs {
-        let (c, wm, r) = time_open(&data, &cfg, &|| Ok(()))?;
-        clean.0.extend(c);
-        clean.1.push(wm);
-        report_clean = Some(r);
-    }
+    let (clean_cold, clean_warm, report_clean) = time_opens(runs, &data, &cfg, &|| Ok(()))?;
     let index = data.join("index");
     let aside = opts.dir.join("index-aside");
     fresh(&aside)?;
     std::fs::rename(&index, &aside).map_err(|e| fail("move the index aside", e))?;
-    let mut full = (vec![], vec![]);
-    let mut report_full = None;
-    for _ in 0..runs {
-        // Each open writes new runs in the background: they go before the next full replay.
-        let (c, wm, r) = time_open(&data, &cfg, &|| fresh(&index))?;
-        full.0.extend(c);
-        full.1.push(wm);
-        report_full = Some(r);
-    }
+    // Each open writes new runs in the background: they go before the next full replay.
+    let (full_cold, full_warm, report_full) = time_opens(runs, &data, &cfg, &|| fresh(&index))?;
     std::fs::rename(&aside, &index).map_err(|e| fail("put the index back", e))?;
-    rows.push(("with checkpoints, after a clean close", clean.0, clean.1));
-    rows.push(("with checkpoints, after a crash", crash.0, crash.1));
-    rows.push(("full replay (no checkpoints)", full.0, full.1));
+    rows.push((
+        "with checkpoints, after a clean close",
+        clean_cold,
+        clean_warm,
+    ));
+    rows.push(("with checkpoints, after a crash", crash_cold, crash_warm));
+    rows.push(("full replay (no checkpoints)", full_cold, full_warm));
     let (full_cold, full_warm) = (median(&rows[2].1), median(&rows[2].2));
     let mbps = |s: f64| bytes as f64 / s / 1e6;
     w(

@@ -640,9 +640,12 @@ impl WalReader {
 }
 
 impl WalReader {
-    /// As [`Iterator::next`], but lends the record to `f` in the reader's buffer instead of
-    /// copying its key and value (replay uses it: most records need only their key).
-    pub fn next_with<R>(&mut self, f: impl FnOnce(RecordRef<'_>) -> R) -> Option<Result<R>> {
+    /// Steps to the next record and hands `f` its frame fields, its frame bytes and location;
+    /// after an error, ends.
+    fn step_with<R>(
+        &mut self,
+        f: impl FnOnce(FrameView, &[u8], Location) -> R,
+    ) -> Option<Result<R>> {
         if self.failed {
             return None;
         }
@@ -650,19 +653,7 @@ impl WalReader {
             Ok(Some((v, location))) => {
                 // `advance` returned a record, so the cursor is present and holds its frame.
                 let buf = self.cursor.as_ref().map_or(&[][..], |c| c.frame_bytes());
-                let k = RECORD_HEADER_LEN;
-                let key = buf.get(k..k + v.key_len).unwrap_or(&[]);
-                let value = buf
-                    .get(k + v.key_len..k + v.key_len + v.value_len)
-                    .unwrap_or(&[]);
-                Some(Ok(f(RecordRef {
-                    lsn: v.lsn,
-                    kind: v.kind,
-                    key,
-                    value,
-                    batch_continues: v.flags & FLAG_BATCH_CONTINUES != 0,
-                    location,
-                })))
+                Some(Ok(f(v, buf, location)))
             }
             Ok(None) => None,
             Err(e) => {
@@ -670,6 +661,24 @@ impl WalReader {
                 Some(Err(e))
             }
         }
+    }
+
+    /// As [`Iterator::next`], but lends the record to `f` in the reader's buffer instead of
+    /// copying its key and value (replay uses it: most records need only their key).
+    pub fn next_with<R>(&mut self, f: impl FnOnce(RecordRef<'_>) -> R) -> Option<Result<R>> {
+        self.step_with(|v, buf, location| {
+            let k = RECORD_HEADER_LEN;
+            f(RecordRef {
+                lsn: v.lsn,
+                kind: v.kind,
+                key: buf.get(k..k + v.key_len).unwrap_or(&[]),
+                value: buf
+                    .get(k + v.key_len..k + v.key_len + v.value_len)
+                    .unwrap_or(&[]),
+                batch_continues: v.flags & FLAG_BATCH_CONTINUES != 0,
+                location,
+            })
+        })
     }
 }
 
@@ -694,20 +703,7 @@ impl Iterator for WalReader {
     type Item = Result<Record>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed {
-            return None;
-        }
-        match self.advance() {
-            Ok(Some((v, location))) => {
-                let buf = self.cursor.as_ref().map_or(&[][..], |c| c.frame_bytes());
-                Some(Ok(v.to_record(buf, location)))
-            }
-            Ok(None) => None,
-            Err(e) => {
-                self.failed = true;
-                Some(Err(e))
-            }
-        }
+        self.step_with(|v, buf, location| v.to_record(buf, location))
     }
 }
 
