@@ -29,7 +29,7 @@ use crate::record::Op;
 use crate::run::Slot;
 use crate::subscription::{Registry, Subscription};
 use crate::Config;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockUpgradableReadGuard};
 use seglog_wal::format::frame_size;
 use seglog_wal::{Durability, Entry, Io, Wal};
 use std::path::Path;
@@ -83,8 +83,9 @@ pub struct EngineStats {
 /// A key-value engine over a segmented write-ahead log.
 pub struct Engine {
     wal: Arc<Wal>,
+    /// The index. Writers hold it as an upgradable read from their checks to their index
+    /// update (one writer at a time, readers alongside) and upgrade it to apply the change.
     state: Arc<RwLock<Index>>,
-    write_lock: Mutex<()>,
     subscribers: Registry,
     maps: SealedMaps,
     cache: ValueCache,
@@ -182,7 +183,6 @@ impl Engine {
         Ok(Engine {
             wal,
             state,
-            write_lock: Mutex::new(()),
             subscribers: Registry::default(),
             maps: SealedMaps::default(),
             cache: ValueCache::new((cache_mb as usize).saturating_mul(1 << 20)),
@@ -264,8 +264,8 @@ impl Engine {
     /// carry a lower epoch are refused. Fails with `StaleEpoch` when `epoch` is not above the
     /// current one.
     pub fn fence(&self, epoch: u64) -> Result<u64> {
-        let _w = self.write_lock.lock();
-        let current = self.state.read().epoch();
+        let st = self.state.upgradable_read();
+        let current = st.epoch();
         if epoch <= current {
             return Err(Error::StaleEpoch {
                 writer: epoch,
@@ -277,37 +277,34 @@ impl Engine {
             .wal
             .submit_batch_located(&[Op::Epoch(epoch).entry(&bytes)])?;
         {
-            let mut st = self.state.write();
+            let mut st = RwLockUpgradableReadGuard::upgrade(st);
             self.roll(&mut st, appended.location.segment);
             st.fence(epoch);
             st.note_last(appended.last_lsn, appended.location);
         }
-        drop(_w);
         self.wait(appended.last_lsn)?;
         Ok(appended.last_lsn)
     }
 
     fn write<'a>(&self, ops: &[BatchOp<'a>], epoch: Option<u64>) -> Result<(u64, u64)> {
-        let _w = self.write_lock.lock();
-        {
-            let st = self.state.read();
-            if let Some(e) = epoch {
-                if e < st.epoch() {
-                    return Err(Error::StaleEpoch {
-                        writer: e,
-                        log: st.epoch(),
-                    });
-                }
+        // One writer at a time, readers alongside: the upgradable read excludes other writers
+        // (and the checkpointer's swaps) from the checks to the index update, so the index
+        // changes in LSN order and the checks still hold when the batch is appended.
+        let st = self.state.upgradable_read();
+        if let Some(e) = epoch {
+            if e < st.epoch() {
+                return Err(Error::StaleEpoch {
+                    writer: e,
+                    log: st.epoch(),
+                });
             }
-            for op in ops {
-                let (key, expect) = match *op {
-                    BatchOp::Put { key, expect, .. } | BatchOp::Delete { key, expect } => {
-                        (key, expect)
-                    }
-                };
-                if expect.is_some() {
-                    check(key, expect, st.get(key).map(|s| s.version))?;
-                }
+        }
+        for op in ops {
+            let (key, expect) = match *op {
+                BatchOp::Put { key, expect, .. } | BatchOp::Delete { key, expect } => (key, expect),
+            };
+            if expect.is_some() {
+                check(key, expect, st.get(key).map(|s| s.version))?;
             }
         }
         let no_epoch = [0u8; 8];
@@ -327,7 +324,7 @@ impl Engine {
         };
         let appended = self.wal.submit_batch_located(entries)?;
         {
-            let mut st = self.state.write();
+            let mut st = RwLockUpgradableReadGuard::upgrade(st);
             self.roll(&mut st, appended.location.segment);
             let mut location = appended.location;
             for (i, (op, e)) in ops.iter().zip(entries).enumerate() {
@@ -342,7 +339,6 @@ impl Engine {
                 location.offset += frame_size(e.key.len(), e.value.len()) as u64;
             }
         }
-        drop(_w);
         self.wait(appended.last_lsn)?;
         Ok((appended.first_lsn, appended.last_lsn))
     }

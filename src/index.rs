@@ -28,61 +28,27 @@
 //!   finds either the inputs or the output, and takes the longest valid run at each step.
 
 use crate::error::Result;
+use crate::keymap::KeyMap;
 use crate::record::{KIND_DELETE, KIND_EPOCH, KIND_PUT};
 use crate::run::{self, Backing, Run, RunBuilder, RunMeta, Slot, Val};
 use parking_lot::{Mutex, RwLock};
 use seglog_wal::dir::INDEX_DIR;
 use seglog_wal::{Io, Location, Wal};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::OnceLock;
 
-/// Hashes memtable keys with [`run::key_hash`] mixed with a per-process random seed (a memtable
-/// is never persisted; the seed keeps crafted keys from colliding on purpose).
-#[derive(Clone, Copy)]
-pub(crate) struct KeyHashState(u64);
-
-impl Default for KeyHashState {
-    fn default() -> Self {
-        static SEED: OnceLock<u64> = OnceLock::new();
-        KeyHashState(
-            *SEED.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(0u64)),
-        )
-    }
-}
-
-impl BuildHasher for KeyHashState {
-    type Hasher = KeyHasher;
-    fn build_hasher(&self) -> KeyHasher {
-        KeyHasher(self.0)
-    }
-}
-
-pub(crate) struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 =
-            (self.0.rotate_left(23) ^ run::key_hash(bytes)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-    fn write_usize(&mut self, n: usize) {
-        // The length prefix a slice hashes first: already mixed into `key_hash`.
-        self.0 ^= n as u64;
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type Map = HashMap<Vec<u8>, Val, KeyHashState>;
 type Sorted = Vec<(Vec<u8>, Val)>;
 
-fn sorted(map: &Map) -> Sorted {
-    let mut v: Sorted = map.iter().map(|(k, v)| (k.clone(), *v)).collect();
-    v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    v
+fn sorted(map: &KeyMap) -> Sorted {
+    map.sorted()
+        .into_iter()
+        .map(|n| {
+            let (k, v) = map.at(n);
+            (k.to_vec(), v)
+        })
+        .collect()
 }
 
 /// The entries of a sorted view from the first key at least `from`.
@@ -94,7 +60,7 @@ fn sorted_from<'a>(v: &'a [(Vec<u8>, Val)], from: &[u8]) -> Entries<'a> {
 /// The active memtable.
 #[derive(Default)]
 pub(crate) struct Memtable {
-    map: Map,
+    map: KeyMap,
     /// Its sorted view, built for scans and dropped at the next change.
     sorted: Mutex<Option<Arc<Sorted>>>,
 }
@@ -108,11 +74,28 @@ impl Memtable {
     }
 }
 
+/// One memtable map kept for reuse: a dropped frozen memtable leaves its map here, and the
+/// next roll takes it instead of allocating (see [`KeyMap::reset`]). At most one is kept, so
+/// the memory held is bounded by one more memtable.
+type Spare = Arc<Mutex<Option<KeyMap>>>;
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let mut spare = self.spare.lock();
+        if spare.is_none() {
+            *spare = Some(std::mem::take(&mut self.map));
+        }
+    }
+}
+
 /// An immutable memtable: the changes of `first_lsn..=last_lsn`.
 pub(crate) struct Frozen {
-    map: Map,
-    /// Its sorted view, built the first time it is iterated (by a scan or by the flush).
-    sorted: OnceLock<Sorted>,
+    map: KeyMap,
+    /// Where its map goes when the frozen memtable is dropped (flushed and swapped out).
+    spare: Spare,
+    /// Its entry numbers in key order, sorted the first time it is iterated (by a scan or by
+    /// the flush).
+    sorted: OnceLock<Vec<u32>>,
     first_lsn: u64,
     last_lsn: u64,
     epoch: u64,
@@ -164,13 +147,17 @@ impl Layer {
     }
     fn get(&self, key: &[u8]) -> Option<Val> {
         match self {
-            Layer::Frozen(f) => f.map.get(key).copied(),
+            Layer::Frozen(f) => f.map.get(key),
             Layer::Run(r) => r.get(key),
         }
     }
     fn iter_from<'a>(&'a self, from: &[u8]) -> Entries<'a> {
         match self {
-            Layer::Frozen(f) => sorted_from(f.sorted.get_or_init(|| sorted(&f.map)), from),
+            Layer::Frozen(f) => {
+                let order = f.sorted.get_or_init(|| f.map.sorted());
+                let start = order.partition_point(|&n| f.map.at(n).0 < from);
+                Box::new(order[start..].iter().map(|&n| f.map.at(n)))
+            }
             Layer::Run(r) => Box::new(r.iter_from(from)),
         }
     }
@@ -216,6 +203,8 @@ pub(crate) struct Index {
     active_segment: u64,
     /// Immutable layers, newest first.
     layers: Vec<Layer>,
+    /// A dropped frozen memtable's map, for the next roll to reuse.
+    spare: Spare,
     /// The log's epoch: the highest ever fenced.
     epoch: u64,
     /// LSN and location of the last record the index has seen, when it is in the active
@@ -353,6 +342,7 @@ impl Index {
                 _ => None,
             },
             layers: oldest_first,
+            spare: Spare::default(),
         };
         Ok((index, loaded))
     }
@@ -360,20 +350,14 @@ impl Index {
     /// The live slot of `key`.
     pub(crate) fn get(&self, key: &[u8]) -> Option<Slot> {
         if let Some(v) = self.active.map.get(key) {
-            return *v;
+            return v;
         }
         self.layers.iter().find_map(|l| l.get(key)).flatten()
     }
 
     /// Records the change a record in the active segment made. Call [`Index::roll`] first.
     pub(crate) fn set(&mut self, key: &[u8], val: Val) {
-        // Overwriting a key already in the memtable needs no new key allocation.
-        match self.active.map.get_mut(key) {
-            Some(v) => *v = val,
-            None => {
-                self.active.map.insert(key.to_vec(), val);
-            }
-        }
+        self.active.map.set(key, val);
         *self.active.sorted.get_mut() = None;
     }
 
@@ -401,13 +385,25 @@ impl Index {
         }
         // `segment` is the first LSN of the new segment: the memtable's range ends before it.
         if self.active_first < segment {
-            // The next segment likely changes as many keys: sized now, the new memtable never
-            // rehashes (a rehash reads every key again, a cache miss each).
+            // The next segment likely changes as many keys: sized now, the new memtable's
+            // table never grows.
             let expected = self.active.map.len();
-            let mut fresh = Memtable::default();
-            fresh.map.reserve(expected);
+            let map = match self.spare.lock().take() {
+                Some(mut m) => {
+                    m.reset(expected);
+                    m
+                }
+                None => KeyMap::with_capacity(expected),
+            };
+            let fresh = Memtable {
+                map,
+                sorted: Mutex::new(None),
+            };
+            let mut map = std::mem::replace(&mut self.active, fresh).map;
+            map.settle();
             let frozen = Frozen {
-                map: std::mem::replace(&mut self.active, fresh).map,
+                map,
+                spare: self.spare.clone(),
                 sorted: OnceLock::new(),
                 first_lsn: self.active_first,
                 last_lsn: segment - 1,
@@ -523,11 +519,8 @@ fn ends_in_log(wal: &Wal, sealed: &[seglog_wal::SealedSegment], run: &Run) -> bo
 /// range) and how many records it read.
 fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32) -> Replayed {
     struct Item {
-        /// The key's first 8 bytes, big-endian (zero-padded): most comparisons end here.
-        prefix: u64,
         key_at: usize,
         key_len: usize,
-        lsn: u64,
         val: Val,
     }
     let mut keys: Vec<u8> = Vec::new();
@@ -564,14 +557,9 @@ fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32) -> Replayed {
                 return true;
             }
         };
-        let mut p = [0u8; 8];
-        let n = r.key.len().min(8);
-        p[..n].copy_from_slice(&r.key[..n]);
         items.push(Item {
-            prefix: u64::from_be_bytes(p),
             key_at: keys.len(),
             key_len: r.key.len(),
-            lsn: r.lsn,
             val,
         });
         keys.extend_from_slice(r.key);
@@ -589,16 +577,14 @@ fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32) -> Replayed {
     };
     let n = last - from.max(wal.first_lsn()) + 1;
     let key = |i: &Item| &keys[i.key_at..i.key_at + i.key_len];
-    // By key, then by LSN: the last change of each key comes last among its equals.
-    items.sort_unstable_by(|a, b| {
-        a.prefix
-            .cmp(&b.prefix)
-            .then_with(|| key(a).cmp(key(b)))
-            .then(a.lsn.cmp(&b.lsn))
-    });
+    let order = run::sort_keys(items.len(), |i| key(&items[i]));
     let mut b = RunBuilder::with_capacity(items.len(), keys.len());
-    for (i, item) in items.iter().enumerate() {
-        if items.get(i + 1).is_some_and(|next| key(next) == key(item)) {
+    for (i, &n) in order.iter().enumerate() {
+        let item = &items[n as usize];
+        if order
+            .get(i + 1)
+            .is_some_and(|&next| key(&items[next as usize]) == key(item))
+        {
             continue; // a later change of the same key follows
         }
         b.push(key(item), item.val);
@@ -804,8 +790,11 @@ pub(crate) fn write_at_close(
             return Ok(false);
         };
         if idx.active_first <= lsn {
+            let mut map = std::mem::take(&mut idx.active).map;
+            map.settle();
             let frozen = Frozen {
-                map: std::mem::take(&mut idx.active).map,
+                map,
+                spare: idx.spare.clone(),
                 sorted: OnceLock::new(),
                 first_lsn: idx.active_first,
                 last_lsn: lsn,

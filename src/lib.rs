@@ -9,6 +9,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 mod index;
+mod keymap;
 mod mapped;
 pub mod record;
 mod run;

@@ -78,6 +78,48 @@ pub(crate) fn parse_file_name(name: &str) -> Option<(u64, u64)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
+/// The numbers `0..n` ordered by `key(i)`, equal keys by number (in replay, numbers follow the
+/// log, so the last change of a key comes last among its equals).
+///
+/// Sorting compares 8-byte integers, not byte strings: the 8 key bytes after the prefix that
+/// every key shares (keys of one application tend to share one, `user/`, `key-`), big-endian,
+/// paired with the number. Only numbers whose 8 bytes tie are then ordered by whole keys.
+pub(crate) fn sort_keys<'k>(n: usize, key: impl Fn(usize) -> &'k [u8]) -> Vec<u32> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let first = key(0);
+    let mut shared = first.len();
+    for i in 1..n {
+        let k = key(i);
+        shared = shared.min(k.iter().zip(first).take_while(|(a, b)| a == b).count());
+    }
+    let word = |k: &[u8]| {
+        let mut w = [0u8; 8];
+        let rest = k.get(shared..).unwrap_or_default();
+        let m = rest.len().min(8);
+        w[..m].copy_from_slice(&rest[..m]);
+        u64::from_be_bytes(w)
+    };
+    // A run holds the changes of fewer than 2^32 records (segments are at most 1 GiB).
+    let mut pairs: Vec<(u64, u32)> = (0..n).map(|i| (word(key(i)), i as u32)).collect();
+    pairs.sort_unstable();
+    let mut order: Vec<u32> = pairs.iter().map(|&(_, i)| i).collect();
+    let mut start = 0;
+    while start < n {
+        let mut end = start + 1;
+        while end < n && pairs[end].0 == pairs[start].0 {
+            end += 1;
+        }
+        if end - start > 1 {
+            // Stable: equal keys keep their order by number.
+            order[start..end].sort_by(|&a, &b| key(a as usize).cmp(key(b as usize)));
+        }
+        start = end;
+    }
+    order
+}
+
 /// The 64-bit hash the bloom filter uses. Part of the file format: it must never change.
 pub(crate) fn key_hash(key: &[u8]) -> u64 {
     fn fmix(mut h: u64) -> u64 {
@@ -172,15 +214,15 @@ impl RunBuilder {
                 },
             ),
         };
-        let e = &mut self.entries;
-        e.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
-        e.extend_from_slice(&slot.version.to_le_bytes());
-        e.extend_from_slice(&slot.location.segment.to_le_bytes());
+        let mut e = [0u8; ENTRY_LEN];
+        e[0..8].copy_from_slice(&(self.keys.len() as u64).to_le_bytes());
+        e[8..16].copy_from_slice(&slot.version.to_le_bytes());
+        e[16..24].copy_from_slice(&slot.location.segment.to_le_bytes());
         // Segments are at most 1 GiB (`MAX_SEGMENT_SIZE`), so a frame offset fits 32 bits.
-        e.extend_from_slice(&(slot.location.offset as u32).to_le_bytes());
-        e.extend_from_slice(&(key.len() as u16).to_le_bytes());
-        e.push(tag);
-        e.push(0);
+        e[24..28].copy_from_slice(&(slot.location.offset as u32).to_le_bytes());
+        e[28..30].copy_from_slice(&(key.len() as u16).to_le_bytes());
+        e[30] = tag;
+        self.entries.extend_from_slice(&e);
         self.keys.extend_from_slice(key);
         self.hashes.push(key_hash(key));
     }
@@ -443,5 +485,44 @@ impl Run {
                 },
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn sort_keys_orders_by_key_then_number(
+            keys in proptest::collection::vec(
+                (proptest::collection::vec(0u8..3, 0..12), any::<bool>()), 0..300),
+        ) {
+            // Half the keys share a long prefix, so that the words compared start past it.
+            let keys: Vec<Vec<u8>> = keys
+                .into_iter()
+                .map(|(k, long)| if long { [b"shared-prefix/".as_slice(), &k].concat() } else { k })
+                .collect();
+            let got = sort_keys(keys.len(), |i| keys[i].as_slice());
+            let mut want: Vec<u32> = (0..keys.len() as u32).collect();
+            want.sort_by(|&a, &b| keys[a as usize].cmp(&keys[b as usize]).then(a.cmp(&b)));
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn sort_keys_past_a_prefix_every_key_shares() {
+        let keys: Vec<Vec<u8>> = [
+            b"user/b9".as_slice(),
+            b"user/",
+            b"user/a",
+            b"user/b",
+            b"user/a",
+        ]
+        .iter()
+        .map(|k| k.to_vec())
+        .collect();
+        assert_eq!(sort_keys(keys.len(), |i| &keys[i]), vec![1, 2, 4, 3, 0]);
     }
 }

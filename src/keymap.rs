@@ -1,0 +1,376 @@
+//! The memtable's hash map: byte keys to index values, insert and overwrite only.
+//!
+//! Built for the write path, where a put inserts a key in whatever order the user writes
+//! them into a table of up to a segment's worth of keys, a table larger than the CPU caches:
+//! - Keys are copied into one arena (`keys`), not allocated one by one: no allocator call per
+//!   put, and dropping a memtable frees three buffers, not a million (a memtable is dropped on
+//!   the checkpointer thread; freeing another thread's allocations one by one contends on the
+//!   allocator's arena lock with the writer).
+//! - `entries` holds each key's hash, its place in the arena and its value; `slots` is an
+//!   open-addressing table (linear probing) of entry numbers, each with the high half of the
+//!   key's hash as a tag. A probe reads `entries` and the arena only on a tag match, and
+//!   growing the table re-places entries from their stored hashes without reading a key.
+//! - A change is first only appended (`entries`, the arena, and its hash to `pending`); the
+//!   table learns the last [`PENDING`] changes together, when that many have accumulated. A
+//!   table insert is a cache miss whatever one does; settled together, the misses of a whole
+//!   batch are prefetched at once and overlap, instead of costing one memory round trip per
+//!   put. Lookups read the pending changes (newest first) before the table.
+//!
+//! ```text
+//!   slots:   [0 | tag:32 idx+1:32 | 0 | 0 | tag idx+1 | ...]   power of two, at most 3/4 full
+//!   entries: [{hash, start, len, val}, ...][pending changes]   settled: each key once
+//!   keys:    [key0 bytes | key1 bytes | ...][pending keys]      the arena
+//!   pending: [hash, hash, ...]                                  at most PENDING
+//! ```
+//!
+//! # Invariants
+//! - `entries[..settled]` holds each key at most once and `slots` points at every one of them;
+//!   `entries[settled..]` are the pending changes, in order, `pending` their hashes.
+//! - Settling moves the pending entries (and their keys, at the arena's tail) down over the
+//!   ones that only overwrote a settled key, so both buffers hold each key once after it.
+//! - Nothing is ever removed (a delete is a tombstone value), so probe chains never break.
+//!
+//! Cost per key: its bytes, a 48-byte entry and 10.7 to 21.3 bytes of slots.
+
+use crate::run::{self, Val};
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
+
+/// Changes appended before the table learns them together (see the module docs).
+pub(crate) const PENDING: usize = 32;
+
+#[derive(Clone, Copy)]
+struct KeyEntry {
+    hash: u64,
+    start: usize,
+    len: u32,
+    val: Val,
+}
+
+/// See the module docs.
+pub(crate) struct KeyMap {
+    /// Mixed into every hash: a memtable is never persisted, and a per-process seed keeps
+    /// crafted keys from colliding on purpose.
+    seed: u64,
+    keys: Vec<u8>,
+    entries: Vec<KeyEntry>,
+    /// Entries before this one are in the table.
+    settled: usize,
+    /// The hashes of `entries[settled..]` (kept apart so that a lookup scans a few cache lines).
+    pending: Vec<u64>,
+    /// Empty (0) or `tag << 32 | (entry number + 1)`.
+    slots: Vec<u64>,
+}
+
+impl Default for KeyMap {
+    fn default() -> Self {
+        KeyMap::with_capacity(0)
+    }
+}
+
+fn process_seed() -> u64 {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    *SEED.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(0u64))
+}
+
+/// The smallest table holding `n` keys at most 3/4 full.
+fn table_size(n: usize) -> usize {
+    (n.saturating_mul(4) / 3 + 1).next_power_of_two().max(16)
+}
+
+fn slot_value(hash: u64, n: usize) -> u64 {
+    // Entry numbers fit in 32 bits: see `KeyMap::set`.
+    (hash >> 32) << 32 | (n as u64 + 1)
+}
+
+impl KeyMap {
+    /// A map that holds `n` keys before its table grows.
+    pub(crate) fn with_capacity(n: usize) -> KeyMap {
+        KeyMap {
+            seed: process_seed(),
+            keys: Vec::new(),
+            entries: Vec::with_capacity(n),
+            settled: 0,
+            pending: Vec::with_capacity(PENDING),
+            slots: vec![0; table_size(n)],
+        }
+    }
+
+    /// Empties the map, keeping its buffers, so that it holds `n` keys before its table grows.
+    /// Reusing a map's memory instead of allocating anew spares the writer the page faults of
+    /// fresh memory (one per 85 keys for the entries alone; costly in a virtual machine).
+    pub(crate) fn reset(&mut self, n: usize) {
+        self.keys.clear();
+        self.entries.clear();
+        self.entries.reserve(n);
+        self.settled = 0;
+        self.pending.clear();
+        let size = table_size(n);
+        if self.slots.len() == size {
+            self.slots.fill(0);
+        } else {
+            self.slots = vec![0; size];
+        }
+    }
+
+    /// Number of keys.
+    pub(crate) fn len(&self) -> usize {
+        let mut n = self.settled;
+        for i in self.settled..self.entries.len() {
+            let e = &self.entries[i];
+            let key = self.key_of(e);
+            let earlier = self.settled..i;
+            if self.probe(key, e.hash).1.is_none()
+                && !earlier
+                    .into_iter()
+                    .any(|j| self.entries[j].hash == e.hash && self.key_of(&self.entries[j]) == key)
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The hash [`KeyMap::set_hashed`] takes: the same for every map of the process.
+    pub(crate) fn hash(&self, key: &[u8]) -> u64 {
+        (run::key_hash(key) ^ self.seed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn key_of(&self, e: &KeyEntry) -> &[u8] {
+        &self.keys[e.start..e.start + e.len as usize]
+    }
+
+    /// The slot number holding `key` among the settled entries, or the empty slot where it
+    /// would go.
+    fn probe(&self, key: &[u8], hash: u64) -> (usize, Option<usize>) {
+        let mask = self.slots.len() - 1;
+        let tag = hash >> 32;
+        let mut i = hash as usize & mask;
+        loop {
+            let s = self.slots[i];
+            if s == 0 {
+                return (i, None);
+            }
+            if s >> 32 == tag {
+                let n = (s as u32 - 1) as usize;
+                let e = &self.entries[n];
+                if e.hash == hash && self.key_of(e) == key {
+                    return (i, Some(n));
+                }
+            }
+            // The table is never full (at most 3/4), so this finds an empty slot.
+            i = (i + 1) & mask;
+        }
+    }
+
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Val> {
+        let hash = self.hash(key);
+        for (i, &h) in self.pending.iter().enumerate().rev() {
+            if h == hash {
+                let e = &self.entries[self.settled + i];
+                if self.key_of(e) == key {
+                    return Some(e.val);
+                }
+            }
+        }
+        let (_, n) = self.probe(key, hash);
+        n.map(|n| self.entries[n].val)
+    }
+
+    /// Sets `key`'s value, inserting the key when it is new.
+    pub(crate) fn set(&mut self, key: &[u8], val: Val) {
+        self.set_hashed(key, self.hash(key), val)
+    }
+
+    /// [`KeyMap::set`] of a key whose [`KeyMap::hash`] is `hash`.
+    pub(crate) fn set_hashed(&mut self, key: &[u8], hash: u64, val: Val) {
+        debug_assert_eq!(hash, self.hash(key));
+        // A memtable holds the changes of one segment (at most 1 GiB, see
+        // `seglog_wal::config::MAX_SEGMENT_SIZE`), each change a record of at least a frame
+        // header, and a key is shorter than a segment: entry numbers and key lengths fit in
+        // 32 bits.
+        let (Ok(_), Ok(len)) = (
+            u32::try_from(self.entries.len() + 1),
+            u32::try_from(key.len()),
+        ) else {
+            unreachable!("a memtable holds less than a segment's worth of changes")
+        };
+        self.entries.push(KeyEntry {
+            hash,
+            start: self.keys.len(),
+            len,
+            val,
+        });
+        self.keys.extend_from_slice(key);
+        self.pending.push(hash);
+        if self.pending.len() >= PENDING {
+            self.settle();
+        }
+    }
+
+    /// Puts the pending changes into the table (see the module docs).
+    pub(crate) fn settle(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        while (self.settled + self.pending.len()) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        for &h in &self.pending {
+            crate::mapped::prefetch(&self.slots[h as usize & mask]);
+        }
+        let first_pending = self.settled;
+        let mut key_end = self.entries[first_pending].start;
+        for r in first_pending..self.entries.len() {
+            let e = self.entries[r];
+            let (slot, found) = {
+                // The entry's key, wherever it is now (it has not been moved yet: moves only
+                // go down, to positions before `r`).
+                let key = &self.keys[e.start..e.start + e.len as usize];
+                self.probe(key, e.hash)
+            };
+            if let Some(n) = found {
+                self.entries[n].val = e.val;
+                continue;
+            }
+            let w = self.settled;
+            let len = e.len as usize;
+            self.keys.copy_within(e.start..e.start + len, key_end);
+            self.entries[w] = KeyEntry {
+                start: key_end,
+                ..e
+            };
+            key_end += len;
+            self.slots[slot] = slot_value(e.hash, w);
+            self.settled += 1;
+        }
+        self.entries.truncate(self.settled);
+        self.keys.truncate(key_end);
+        self.pending.clear();
+    }
+
+    /// Doubles the table, placing every settled entry again from its stored hash.
+    fn grow(&mut self) {
+        let size = self.slots.len() * 2;
+        let mask = size - 1;
+        let mut slots = vec![0u64; size];
+        for (n, e) in self.entries[..self.settled].iter().enumerate() {
+            let mut i = e.hash as usize & mask;
+            while slots[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            slots[i] = slot_value(e.hash, n);
+        }
+        self.slots = slots;
+    }
+
+    /// Entry numbers of every key's current value, in key order (for [`KeyMap::at`]).
+    pub(crate) fn sorted(&self) -> Vec<u32> {
+        let key = |n: usize| self.key_of(&self.entries[n]);
+        // Equal keys (one settled, changed again while pending) come in entry order: keep
+        // the last of each.
+        let mut order = run::sort_keys(self.entries.len(), key);
+        let mut kept = 0;
+        for i in 0..order.len() {
+            let n = order[i] as usize;
+            if order
+                .get(i + 1)
+                .is_some_and(|&next| key(next as usize) == key(n))
+            {
+                continue;
+            }
+            order[kept] = order[i];
+            kept += 1;
+        }
+        order.truncate(kept);
+        order
+    }
+
+    /// Entry number `n`: its key and value.
+    pub(crate) fn at(&self, n: u32) -> (&[u8], Val) {
+        let e = &self.entries[n as usize];
+        (self.key_of(e), e.val)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::Slot;
+    use proptest::prelude::*;
+    use seglog_wal::Location;
+    use std::collections::HashMap;
+
+    /// A live value, or a tombstone for every third `v`.
+    fn val(v: u64) -> Val {
+        let tombstone = v.is_multiple_of(3);
+        (!tombstone).then_some(Slot {
+            version: v,
+            location: Location {
+                segment: 1,
+                offset: v,
+            },
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn behaves_like_a_hash_map(
+            ops in proptest::collection::vec((proptest::collection::vec(0u8..4, 0..5), 0u64..1000), 0..600),
+            capacity in 0usize..40,
+        ) {
+            let mut m = KeyMap::with_capacity(capacity);
+            let mut model: HashMap<Vec<u8>, Val> = HashMap::new();
+            for (k, v) in &ops {
+                m.set(k, val(*v));
+                model.insert(k.clone(), val(*v));
+                prop_assert_eq!(m.get(k), Some(val(*v)));
+                prop_assert_eq!(m.len(), model.len());
+            }
+            prop_assert_eq!(m.len(), model.len());
+            for (k, v) in &model {
+                prop_assert_eq!(m.get(k), Some(*v));
+            }
+            prop_assert_eq!(m.get(&[9, 9, 9]), None);
+            let mut expect: Vec<_> = model.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            expect.sort_by(|a, b| a.0.cmp(&b.0));
+            let got_pending: Vec<_> = m.sorted().into_iter().map(|n| { let (k, v) = m.at(n); (k.to_vec(), v) }).collect();
+            prop_assert_eq!(&got_pending, &expect);
+            m.settle();
+            prop_assert_eq!(m.len(), model.len());
+            for (k, v) in &model {
+                prop_assert_eq!(m.get(k), Some(*v));
+            }
+            let got: Vec<_> = m.sorted().into_iter().map(|n| { let (k, v) = m.at(n); (k.to_vec(), v) }).collect();
+            prop_assert_eq!(got, expect);
+        }
+    }
+
+    #[test]
+    fn reset_empties_and_keeps_working() {
+        let mut m = KeyMap::with_capacity(4);
+        for i in 0..1000u64 {
+            m.set(&i.to_le_bytes(), val(i + 1));
+        }
+        m.reset(10);
+        assert_eq!(m.len(), 0);
+        assert_eq!(m.get(&5u64.to_le_bytes()), None);
+        m.set(b"k", val(1));
+        assert_eq!(m.get(b"k"), Some(val(1)));
+        assert!(std::mem::size_of::<KeyEntry>() <= 56);
+    }
+
+    #[test]
+    fn grows_past_its_capacity() {
+        let mut m = KeyMap::with_capacity(0);
+        for i in 0..100_000u64 {
+            m.set(&i.to_be_bytes(), val(i + 1));
+        }
+        assert_eq!(m.len(), 100_000);
+        assert!(m.slots.len() * 3 >= m.len() * 4);
+        for i in (0..100_000u64).step_by(97) {
+            assert_eq!(m.get(&i.to_be_bytes()), Some(val(i + 1)));
+        }
+    }
+}
