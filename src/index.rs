@@ -5,10 +5,10 @@
 //!   active memtable | frozen memtable | run (memory) | run file | ... | run file
 //!   [a, ...]          [f, a-1]          [r, f-1]       [p, r-1]          [log start, ...]
 //! ```
-//! - The **active memtable** (a hash map, so a put costs one probe whatever the key order; its
-//!   sorted view is built when a scan needs it and kept until the next change) takes the
-//!   changes of the records appended to the active segment since it began (or since the open
-//!   replayed it).
+//! - The **active memtable** (a hash map, [`crate::keymap`], so a put costs one probe whatever
+//!   the key order; its sorted view is built when a scan needs it and kept until the next
+//!   change) takes the changes of the records appended to the active segment since it began
+//!   (or since the open replayed it).
 //! - When the log rolls, the active memtable is **frozen** as it is: its LSN range ends exactly
 //!   at the end of the segment that just sealed.
 //! - A **run** ([`crate::run`]) is sorted and immutable. Opening builds runs in memory for the
