@@ -42,7 +42,7 @@ pub(crate) const PENDING: usize = 32;
 #[derive(Clone, Copy)]
 struct KeyEntry {
     hash: u64,
-    start: usize,
+    start: u32,
     len: u32,
     val: Val,
 }
@@ -131,13 +131,12 @@ impl KeyMap {
         n
     }
 
-    /// The hash [`KeyMap::set_hashed`] takes: the same for every map of the process.
-    pub(crate) fn hash(&self, key: &[u8]) -> u64 {
+    fn hash(&self, key: &[u8]) -> u64 {
         (run::key_hash(key) ^ self.seed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
 
     fn key_of(&self, e: &KeyEntry) -> &[u8] {
-        &self.keys[e.start..e.start + e.len as usize]
+        &self.keys[e.start as usize..(e.start + e.len) as usize]
     }
 
     /// The slot number holding `key` among the settled entries, or the empty slot where it
@@ -179,25 +178,22 @@ impl KeyMap {
 
     /// Sets `key`'s value, inserting the key when it is new.
     pub(crate) fn set(&mut self, key: &[u8], val: Val) {
-        self.set_hashed(key, self.hash(key), val)
-    }
-
-    /// [`KeyMap::set`] of a key whose [`KeyMap::hash`] is `hash`.
-    pub(crate) fn set_hashed(&mut self, key: &[u8], hash: u64, val: Val) {
-        debug_assert_eq!(hash, self.hash(key));
+        let hash = self.hash(key);
         // A memtable holds the changes of one segment (at most 1 GiB, see
         // `seglog_wal::config::MAX_SEGMENT_SIZE`), each change a record of at least a frame
-        // header, and a key is shorter than a segment: entry numbers and key lengths fit in
-        // 32 bits.
-        let (Ok(_), Ok(len)) = (
+        // header, and its keys are part of those records: entry numbers and arena offsets
+        // fit in 32 bits.
+        let (Ok(_), Ok(_)) = (
             u32::try_from(self.entries.len() + 1),
-            u32::try_from(key.len()),
+            u32::try_from(self.keys.len() + key.len()),
         ) else {
             unreachable!("a memtable holds less than a segment's worth of changes")
         };
+        // Both at most the arena's new length, checked above.
+        let (start, len) = (self.keys.len() as u32, key.len() as u32);
         self.entries.push(KeyEntry {
             hash,
-            start: self.keys.len(),
+            start,
             len,
             val,
         });
@@ -221,13 +217,13 @@ impl KeyMap {
             crate::mapped::prefetch(&self.slots[h as usize & mask]);
         }
         let first_pending = self.settled;
-        let mut key_end = self.entries[first_pending].start;
+        let mut key_end = self.entries[first_pending].start as usize;
         for r in first_pending..self.entries.len() {
             let e = self.entries[r];
             let (slot, found) = {
                 // The entry's key, wherever it is now (it has not been moved yet: moves only
                 // go down, to positions before `r`).
-                let key = &self.keys[e.start..e.start + e.len as usize];
+                let key = &self.keys[e.start as usize..(e.start + e.len) as usize];
                 self.probe(key, e.hash)
             };
             if let Some(n) = found {
@@ -236,9 +232,11 @@ impl KeyMap {
             }
             let w = self.settled;
             let len = e.len as usize;
-            self.keys.copy_within(e.start..e.start + len, key_end);
+            self.keys
+                .copy_within(e.start as usize..e.start as usize + len, key_end);
             self.entries[w] = KeyEntry {
-                start: key_end,
+                // Below the old arena length, which fits in 32 bits (see `set`).
+                start: key_end as u32,
                 ..e
             };
             key_end += len;
@@ -358,7 +356,11 @@ mod tests {
         assert_eq!(m.get(&5u64.to_le_bytes()), None);
         m.set(b"k", val(1));
         assert_eq!(m.get(b"k"), Some(val(1)));
-        assert!(std::mem::size_of::<KeyEntry>() <= 56);
+        assert_eq!(
+            std::mem::size_of::<KeyEntry>(),
+            48,
+            "the module docs' cost per key"
+        );
     }
 
     #[test]
