@@ -577,16 +577,9 @@ fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32) -> Replayed {
     };
     let n = last - from.max(wal.first_lsn()) + 1;
     let key = |i: &Item| &keys[i.key_at..i.key_at + i.key_len];
-    let order = run::sort_keys(items.len(), |i| key(&items[i]));
     let mut b = RunBuilder::with_capacity(items.len(), keys.len());
-    for (i, &n) in order.iter().enumerate() {
+    for n in run::latest_per_key(items.len(), |i| key(&items[i])) {
         let item = &items[n as usize];
-        if order
-            .get(i + 1)
-            .is_some_and(|&next| key(&items[next as usize]) == key(item))
-        {
-            continue; // a later change of the same key follows
-        }
         b.push(key(item), item.val);
     }
     let meta = RunMeta {

@@ -220,12 +220,8 @@ impl KeyMap {
         let mut key_end = self.entries[first_pending].start as usize;
         for r in first_pending..self.entries.len() {
             let e = self.entries[r];
-            let (slot, found) = {
-                // The entry's key, wherever it is now (it has not been moved yet: moves only
-                // go down, to positions before `r`).
-                let key = &self.keys[e.start as usize..(e.start + e.len) as usize];
-                self.probe(key, e.hash)
-            };
+            // Its key has not been moved yet: moves only go down, before entry `r`'s key.
+            let (slot, found) = self.probe(self.key_of(&e), e.hash);
             if let Some(n) = found {
                 self.entries[n].val = e.val;
                 continue;
@@ -263,26 +259,10 @@ impl KeyMap {
         self.slots = slots;
     }
 
-    /// Entry numbers of every key's current value, in key order (for [`KeyMap::at`]).
+    /// Entry numbers of every key's current value, in key order (for [`KeyMap::at`]). A key
+    /// settled and changed again while pending has two entries; the later one is current.
     pub(crate) fn sorted(&self) -> Vec<u32> {
-        let key = |n: usize| self.key_of(&self.entries[n]);
-        // Equal keys (one settled, changed again while pending) come in entry order: keep
-        // the last of each.
-        let mut order = run::sort_keys(self.entries.len(), key);
-        let mut kept = 0;
-        for i in 0..order.len() {
-            let n = order[i] as usize;
-            if order
-                .get(i + 1)
-                .is_some_and(|&next| key(next as usize) == key(n))
-            {
-                continue;
-            }
-            order[kept] = order[i];
-            kept += 1;
-        }
-        order.truncate(kept);
-        order
+        run::latest_per_key(self.entries.len(), |n| self.key_of(&self.entries[n]))
     }
 
     /// Entry number `n`: its key and value.

@@ -78,13 +78,31 @@ pub(crate) fn parse_file_name(name: &str) -> Option<(u64, u64)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
+/// For each distinct key among `key(0..n)`, the highest number with that key, in key order:
+/// with numbers that follow the log, each key's last change, as a run holds it.
+pub(crate) fn latest_per_key<'k>(n: usize, key: impl Fn(usize) -> &'k [u8]) -> Vec<u32> {
+    let mut order = sort_keys(n, &key);
+    let mut kept = 0;
+    for i in 0..order.len() {
+        let later_same_key = order
+            .get(i + 1)
+            .is_some_and(|&next| key(next as usize) == key(order[i] as usize));
+        if !later_same_key {
+            order[kept] = order[i];
+            kept += 1;
+        }
+    }
+    order.truncate(kept);
+    order
+}
+
 /// The numbers `0..n` ordered by `key(i)`, equal keys by number (in replay, numbers follow the
 /// log, so the last change of a key comes last among its equals).
 ///
 /// Sorting compares 8-byte integers, not byte strings: the 8 key bytes after the prefix that
 /// every key shares (keys of one application tend to share one, `user/`, `key-`), big-endian,
 /// paired with the number. Only numbers whose 8 bytes tie are then ordered by whole keys.
-pub(crate) fn sort_keys<'k>(n: usize, key: impl Fn(usize) -> &'k [u8]) -> Vec<u32> {
+fn sort_keys<'k>(n: usize, key: impl Fn(usize) -> &'k [u8]) -> Vec<u32> {
     if n == 0 {
         return Vec::new();
     }
@@ -524,5 +542,6 @@ mod tests {
         .map(|k| k.to_vec())
         .collect();
         assert_eq!(sort_keys(keys.len(), |i| &keys[i]), vec![1, 2, 4, 3, 0]);
+        assert_eq!(latest_per_key(keys.len(), |i| &keys[i]), vec![1, 4, 3, 0]);
     }
 }
