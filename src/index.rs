@@ -303,12 +303,15 @@ impl Index {
         let next_job = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
             for _ in 0..workers {
-                s.spawn(|| loop {
-                    let j = next_job.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(&(from, to, chain)) = jobs.get(j) else {
-                        break;
-                    };
-                    *results[j].lock() = Some(replay(wal, from, to, chain));
+                s.spawn(|| {
+                    let mut bufs = ReplayBuffers::default();
+                    loop {
+                        let j = next_job.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&(from, to, chain)) = jobs.get(j) else {
+                            break;
+                        };
+                        *results[j].lock() = Some(replay(wal, from, to, chain, &mut bufs));
+                    }
                 });
             }
         });
@@ -514,17 +517,33 @@ fn ends_in_log(wal: &Wal, sealed: &[seglog_wal::SealedSegment], run: &Run) -> bo
     }
 }
 
+/// A replayed record's change: its key (in [`ReplayBuffers::keys`]) and value.
+struct Change {
+    key_at: usize,
+    key_len: usize,
+    val: Val,
+}
+
+/// The working memory of a replay worker, reused from one segment to the next (a fresh
+/// allocation per segment would be paid in page faults, more than the replay's other work).
+#[derive(Default)]
+struct ReplayBuffers {
+    keys: Vec<u8>,
+    changes: Vec<Change>,
+    sort: run::KeySort,
+}
+
 /// Replays `from..=to` into a run held in memory, with `chain_crc` as the chain value at its
 /// end (0 when the range does not end a sealed segment). Returns the run (none for an empty
 /// range) and how many records it read.
-fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32) -> Replayed {
-    struct Item {
-        key_at: usize,
-        key_len: usize,
-        val: Val,
-    }
-    let mut keys: Vec<u8> = Vec::new();
-    let mut items: Vec<Item> = Vec::new();
+fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32, bufs: &mut ReplayBuffers) -> Replayed {
+    let ReplayBuffers {
+        keys,
+        changes: items,
+        sort,
+    } = bufs;
+    keys.clear();
+    items.clear();
     let mut epoch = 0u64;
     let mut last = None;
     let mut last_at = Location::default();
@@ -557,7 +576,7 @@ fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32) -> Replayed {
                 return true;
             }
         };
-        items.push(Item {
+        items.push(Change {
             key_at: keys.len(),
             key_len: r.key.len(),
             val,
@@ -576,9 +595,22 @@ fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32) -> Replayed {
         return Ok((None, 0));
     };
     let n = last - from.max(wal.first_lsn()) + 1;
-    let key = |i: &Item| &keys[i.key_at..i.key_at + i.key_len];
-    let mut b = RunBuilder::with_capacity(items.len(), keys.len());
-    for n in run::latest_per_key(items.len(), |i| key(&items[i])) {
+    let key = |i: &Change| &keys[i.key_at..i.key_at + i.key_len];
+    let latest = sort.latest_per_key(items.len(), |i| key(&items[i]));
+    let key_bytes = latest.iter().map(|&n| items[n as usize].key_len).sum();
+    let mut b = RunBuilder::with_capacity(latest.len(), key_bytes);
+    // `latest` visits the changes in key order, so at random: ask for the change and the key
+    // a few places ahead while this one is copied, hiding the cache misses behind each other.
+    const AHEAD: usize = 8;
+    for (i, &n) in latest.iter().enumerate() {
+        if let Some(&m) = latest.get(i + 2 * AHEAD) {
+            crate::mapped::prefetch(&items[m as usize]);
+        }
+        if let Some(&m) = latest.get(i + AHEAD) {
+            if let Some(k) = keys.get(items[m as usize].key_at) {
+                crate::mapped::prefetch(k);
+            }
+        }
         let item = &items[n as usize];
         b.push(key(item), item.val);
     }

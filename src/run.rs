@@ -81,61 +81,96 @@ pub(crate) fn parse_file_name(name: &str) -> Option<(u64, u64)> {
 /// For each distinct key among `key(0..n)`, the highest number with that key, in key order:
 /// with numbers that follow the log, each key's last change, as a run holds it.
 pub(crate) fn latest_per_key<'k>(n: usize, key: impl Fn(usize) -> &'k [u8]) -> Vec<u32> {
-    let mut order = sort_keys(n, &key);
-    let mut kept = 0;
-    for i in 0..order.len() {
-        let later_same_key = order
-            .get(i + 1)
-            .is_some_and(|&next| key(next as usize) == key(order[i] as usize));
-        if !later_same_key {
-            order[kept] = order[i];
-            kept += 1;
-        }
-    }
-    order.truncate(kept);
-    order
+    KeySort::default().latest_per_key(n, key).to_vec()
 }
 
-/// The numbers `0..n` ordered by `key(i)`, equal keys by number (in replay, numbers follow the
-/// log, so the last change of a key comes last among its equals).
-///
-/// Sorting compares 8-byte integers, not byte strings: the 8 key bytes after the prefix that
-/// every key shares (keys of one application tend to share one, `user/`, `key-`), big-endian,
-/// paired with the number. Only numbers whose 8 bytes tie are then ordered by whole keys.
+/// The buffers of a key sort, kept by a caller that sorts again and again (a replay worker
+/// sorts one segment after another) so that each sort reuses the memory of the last.
+#[derive(Default)]
+pub(crate) struct KeySort {
+    /// Sort word and number, ordered (see [`KeySort::sort`]).
+    pairs: Vec<(u64, u32)>,
+    /// The numbers in key order.
+    order: Vec<u32>,
+}
+
+impl KeySort {
+    /// [`latest_per_key`], in this sort's buffers.
+    pub(crate) fn latest_per_key<'k>(
+        &mut self,
+        n: usize,
+        key: impl Fn(usize) -> &'k [u8],
+    ) -> &[u32] {
+        self.sort(n, &key);
+        let (pairs, order) = (&self.pairs, &mut self.order);
+        let mut kept = 0;
+        for i in 0..order.len() {
+            // Different sort words mean different keys; only equal words need the keys.
+            let later_same_key = i + 1 < order.len()
+                && pairs[i + 1].0 == pairs[i].0
+                && key(order[i + 1] as usize) == key(order[i] as usize);
+            if !later_same_key {
+                order[kept] = order[i];
+                kept += 1;
+            }
+        }
+        order.truncate(kept);
+        order
+    }
+
+    /// Orders the numbers `0..n` by `key(i)`, equal keys by number (in replay, numbers follow
+    /// the log, so the last change of a key comes last among its equals), into `self.order`;
+    /// `self.pairs[i].0` is then the sort word of `self.order[i]`'s key.
+    ///
+    /// Sorting compares 8-byte integers, not byte strings: the 8 key bytes after the prefix
+    /// that every key shares (keys of one application tend to share one, `user/`, `key-`),
+    /// big-endian, paired with the number. Only numbers whose words tie are then ordered by
+    /// whole keys.
+    fn sort<'k>(&mut self, n: usize, key: impl Fn(usize) -> &'k [u8]) {
+        self.pairs.clear();
+        self.order.clear();
+        if n == 0 {
+            return;
+        }
+        let first = key(0);
+        let mut shared = first.len();
+        for i in 1..n {
+            let k = key(i);
+            shared = shared.min(k.iter().zip(first).take_while(|(a, b)| a == b).count());
+        }
+        let word = |k: &[u8]| {
+            let mut w = [0u8; 8];
+            let rest = k.get(shared..).unwrap_or_default();
+            let m = rest.len().min(8);
+            w[..m].copy_from_slice(&rest[..m]);
+            u64::from_be_bytes(w)
+        };
+        // A run holds the changes of fewer than 2^32 records (segments are at most 1 GiB).
+        self.pairs.extend((0..n).map(|i| (word(key(i)), i as u32)));
+        self.pairs.sort_unstable();
+        self.order.extend(self.pairs.iter().map(|&(_, i)| i));
+        let (pairs, order) = (&self.pairs, &mut self.order);
+        let mut start = 0;
+        while start < n {
+            let mut end = start + 1;
+            while end < n && pairs[end].0 == pairs[start].0 {
+                end += 1;
+            }
+            if end - start > 1 {
+                // Stable: equal keys keep their order by number.
+                order[start..end].sort_by(|&a, &b| key(a as usize).cmp(key(b as usize)));
+            }
+            start = end;
+        }
+    }
+}
+
+/// The numbers `0..n` ordered by key, equal keys by number (see [`KeySort::sort`]).
+#[cfg(test)]
 fn sort_keys<'k>(n: usize, key: impl Fn(usize) -> &'k [u8]) -> Vec<u32> {
-    if n == 0 {
-        return Vec::new();
-    }
-    let first = key(0);
-    let mut shared = first.len();
-    for i in 1..n {
-        let k = key(i);
-        shared = shared.min(k.iter().zip(first).take_while(|(a, b)| a == b).count());
-    }
-    let word = |k: &[u8]| {
-        let mut w = [0u8; 8];
-        let rest = k.get(shared..).unwrap_or_default();
-        let m = rest.len().min(8);
-        w[..m].copy_from_slice(&rest[..m]);
-        u64::from_be_bytes(w)
-    };
-    // A run holds the changes of fewer than 2^32 records (segments are at most 1 GiB).
-    let mut pairs: Vec<(u64, u32)> = (0..n).map(|i| (word(key(i)), i as u32)).collect();
-    pairs.sort_unstable();
-    let mut order: Vec<u32> = pairs.iter().map(|&(_, i)| i).collect();
-    let mut start = 0;
-    while start < n {
-        let mut end = start + 1;
-        while end < n && pairs[end].0 == pairs[start].0 {
-            end += 1;
-        }
-        if end - start > 1 {
-            // Stable: equal keys keep their order by number.
-            order[start..end].sort_by(|&a, &b| key(a as usize).cmp(key(b as usize)));
-        }
-        start = end;
-    }
-    order
+    let mut s = KeySort::default();
+    s.sort(n, key);
+    s.order
 }
 
 /// The 64-bit hash the bloom filter uses. Part of the file format: it must never change.
@@ -187,10 +222,18 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(w))
 }
 
-/// Builds a run's bytes from entries given in ascending key order.
+/// Builds a run's bytes from entries given in ascending key order, in place: entries and keys
+/// are written where the finished run has them, so finishing moves at most the keys (when
+/// fewer entries came than announced) and never copies the run.
 pub(crate) struct RunBuilder {
-    entries: Vec<u8>,
-    keys: Vec<u8>,
+    /// The run: header (written by `finish`), room for `room` entries, then the keys.
+    buf: Vec<u8>,
+    /// Entries there is room for before the keys.
+    room: usize,
+    /// Entries pushed.
+    n: usize,
+    /// Key bytes pushed.
+    key_len: usize,
     hashes: Vec<u64>,
 }
 
@@ -208,12 +251,24 @@ pub(crate) struct RunMeta {
 }
 
 impl RunBuilder {
+    /// A builder for about `entries` entries with `key_bytes` bytes of keys in all; more fit,
+    /// at the cost of moving the keys. Allocated zeroed and whole: the allocator hands out
+    /// fresh zeroed pages untouched, so room left unused costs address space, not memory.
     pub(crate) fn with_capacity(entries: usize, key_bytes: usize) -> RunBuilder {
+        let len =
+            HEADER_LEN + entries * ENTRY_LEN + key_bytes + bloom_blocks(entries) * BLOCK_BYTES + 4;
         RunBuilder {
-            entries: Vec::with_capacity(entries * ENTRY_LEN),
-            keys: Vec::with_capacity(key_bytes),
+            buf: vec![0u8; len],
+            room: entries,
+            n: 0,
+            key_len: 0,
             hashes: Vec::with_capacity(entries),
         }
+    }
+
+    /// Where the keys start while building.
+    fn keys_at(&self) -> usize {
+        HEADER_LEN + self.room * ENTRY_LEN
     }
 
     /// Appends the next entry; keys must come in strictly ascending order.
@@ -222,6 +277,16 @@ impl RunBuilder {
             self.last_key().is_none_or(|k| k < key),
             "run keys out of order"
         );
+        if self.n == self.room {
+            // More entries than announced: move the keys up to make room.
+            let more = self.room.max(64);
+            let from = self.keys_at();
+            let len = self.buf.len();
+            self.buf.resize(len + more * ENTRY_LEN, 0);
+            self.buf
+                .copy_within(from..from + self.key_len, from + more * ENTRY_LEN);
+            self.room += more;
+        }
         let (tag, slot) = match val {
             Some(s) => (TAG_LIVE, s),
             None => (
@@ -233,63 +298,79 @@ impl RunBuilder {
             ),
         };
         let mut e = [0u8; ENTRY_LEN];
-        e[0..8].copy_from_slice(&(self.keys.len() as u64).to_le_bytes());
+        e[0..8].copy_from_slice(&(self.key_len as u64).to_le_bytes());
         e[8..16].copy_from_slice(&slot.version.to_le_bytes());
         e[16..24].copy_from_slice(&slot.location.segment.to_le_bytes());
         // Segments are at most 1 GiB (`MAX_SEGMENT_SIZE`), so a frame offset fits 32 bits.
         e[24..28].copy_from_slice(&(slot.location.offset as u32).to_le_bytes());
         e[28..30].copy_from_slice(&(key.len() as u16).to_le_bytes());
         e[30] = tag;
-        self.entries.extend_from_slice(&e);
-        self.keys.extend_from_slice(key);
+        let at = HEADER_LEN + self.n * ENTRY_LEN;
+        self.buf[at..at + ENTRY_LEN].copy_from_slice(&e);
+        let k_at = self.keys_at() + self.key_len;
+        let k_end = k_at + key.len();
+        if k_end > self.buf.len() {
+            self.buf.resize(k_end, 0);
+        }
+        self.buf[k_at..k_end].copy_from_slice(key);
+        self.key_len += key.len();
+        self.n += 1;
         self.hashes.push(key_hash(key));
     }
 
     /// The key pushed last (checked in debug builds: runs must be sorted).
     fn last_key(&self) -> Option<&[u8]> {
-        let n = self.entries.len() / ENTRY_LEN;
-        let at = n.checked_sub(1)? * ENTRY_LEN;
-        let off = u64_at(&self.entries, at)? as usize;
-        let len = usize::from(u16::from_le_bytes([
-            self.entries[at + 28],
-            self.entries[at + 29],
-        ]));
-        self.keys.get(off..off + len)
+        let at = HEADER_LEN + self.n.checked_sub(1)? * ENTRY_LEN;
+        let off = u64_at(&self.buf, at)? as usize;
+        let len = usize::from(u16::from_le_bytes([self.buf[at + 28], self.buf[at + 29]]));
+        let k = self.keys_at() + off;
+        self.buf.get(k..k + len)
     }
 
     /// The run's bytes.
-    pub(crate) fn finish(self, meta: RunMeta) -> Vec<u8> {
-        let n = self.hashes.len();
-        let blocks = (n * BLOOM_BITS_PER_KEY).div_ceil(BLOCK_BYTES * 8).max(1);
-        let mut bloom = vec![0u8; blocks * BLOCK_BYTES];
+    pub(crate) fn finish(mut self, meta: RunMeta) -> Vec<u8> {
+        let n = self.n;
+        let keys_at = HEADER_LEN + n * ENTRY_LEN;
+        let from = self.keys_at();
+        if from != keys_at {
+            self.buf.copy_within(from..from + self.key_len, keys_at);
+        }
+        let bloom_at = keys_at + self.key_len;
+        let blocks = bloom_blocks(n);
+        // Truncate, then zero-fill: the bloom's bytes may hold moved keys.
+        self.buf.truncate(bloom_at);
+        self.buf.resize(bloom_at + blocks * BLOCK_BYTES, 0);
+        let bloom = &mut self.buf[bloom_at..];
         for &h in &self.hashes {
             let (block, bits) = bloom_bits(h, blocks);
             for bit in bits {
                 bloom[block * BLOCK_BYTES + bit / 8] |= 1 << (bit % 8);
             }
         }
-        let mut b =
-            Vec::with_capacity(HEADER_LEN + self.entries.len() + self.keys.len() + bloom.len() + 4);
-        b.extend_from_slice(&MAGIC);
-        b.extend_from_slice(&VERSION.to_le_bytes());
-        b.extend_from_slice(&[0u8; 2]);
-        b.extend_from_slice(&meta.chain_crc.to_le_bytes());
-        b.extend_from_slice(&meta.first_lsn.to_le_bytes());
-        b.extend_from_slice(&meta.last_lsn.to_le_bytes());
-        b.extend_from_slice(&meta.epoch.to_le_bytes());
-        b.extend_from_slice(&(n as u64).to_le_bytes());
-        b.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
-        b.extend_from_slice(&(blocks as u64).to_le_bytes());
+        let mut h = Vec::with_capacity(HEADER_LEN);
+        h.extend_from_slice(&MAGIC);
+        h.extend_from_slice(&VERSION.to_le_bytes());
+        h.extend_from_slice(&[0u8; 2]);
+        h.extend_from_slice(&meta.chain_crc.to_le_bytes());
+        h.extend_from_slice(&meta.first_lsn.to_le_bytes());
+        h.extend_from_slice(&meta.last_lsn.to_le_bytes());
+        h.extend_from_slice(&meta.epoch.to_le_bytes());
+        h.extend_from_slice(&(n as u64).to_le_bytes());
+        h.extend_from_slice(&(self.key_len as u64).to_le_bytes());
+        h.extend_from_slice(&(blocks as u64).to_le_bytes());
         let end = meta.end.unwrap_or_default();
-        b.extend_from_slice(&end.segment.to_le_bytes());
-        b.extend_from_slice(&end.offset.to_le_bytes());
-        b.extend_from_slice(&self.entries);
-        b.extend_from_slice(&self.keys);
-        b.extend_from_slice(&bloom);
-        let crc = crc32c::crc32c(&b);
-        b.extend_from_slice(&crc.to_le_bytes());
-        b
+        h.extend_from_slice(&end.segment.to_le_bytes());
+        h.extend_from_slice(&end.offset.to_le_bytes());
+        self.buf[..HEADER_LEN].copy_from_slice(&h);
+        let crc = crc32c::crc32c(&self.buf);
+        self.buf.extend_from_slice(&crc.to_le_bytes());
+        self.buf
     }
+}
+
+/// Bloom filter blocks for `n` keys.
+fn bloom_blocks(n: usize) -> usize {
+    (n * BLOOM_BITS_PER_KEY).div_ceil(BLOCK_BYTES * 8).max(1)
 }
 
 /// The bytes behind a run.
@@ -526,6 +607,36 @@ mod tests {
             let mut want: Vec<u32> = (0..keys.len() as u32).collect();
             want.sort_by(|&a, &b| keys[a as usize].cmp(&keys[b as usize]).then(a.cmp(&b)));
             prop_assert_eq!(got, want);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn builder_bytes_do_not_depend_on_its_capacity(
+            n in 0usize..300,
+            announced in 0usize..400,
+            key_bytes in 0usize..4000,
+        ) {
+            let meta = RunMeta { first_lsn: 1, last_lsn: 1000, chain_crc: 7, epoch: 2, end: None };
+            let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("key-{i:05}").into_bytes()).collect();
+            let val = |i: usize| (!i.is_multiple_of(5)).then_some(Slot {
+                version: i as u64 + 1,
+                location: Location { segment: 1, offset: 64 * i as u64 },
+            });
+            let build = |entries: usize, key_bytes: usize| {
+                let mut b = RunBuilder::with_capacity(entries, key_bytes);
+                for (i, k) in keys.iter().enumerate() {
+                    b.push(k, val(i));
+                }
+                b.finish(meta)
+            };
+            let exact = build(n, keys.iter().map(Vec::len).sum());
+            prop_assert!(build(announced, key_bytes) == exact);
+            let run = Run::parse(Backing::Heap(exact), None, true).expect("a built run parses");
+            prop_assert_eq!(run.len(), n);
+            for (i, k) in keys.iter().enumerate() {
+                prop_assert_eq!(run.get(k), Some(val(i)));
+            }
         }
     }
 
