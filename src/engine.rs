@@ -233,7 +233,7 @@ impl Engine {
     /// Removes `key`; returns the tombstone's LSN, or `None` when the key did not exist (then
     /// nothing is written).
     pub fn delete(&self, key: &[u8]) -> Result<Option<u64>> {
-        if self.version(key).is_none() {
+        if self.version(key)?.is_none() {
             return Ok(None);
         }
         self.write(&[BatchOp::Delete { key, expect: None }], None)
@@ -290,23 +290,38 @@ impl Engine {
         // One writer at a time, readers alongside: the upgradable read excludes other writers
         // (and the checkpointer's swaps) from the checks to the index update, so the index
         // changes in LSN order and the checks still hold when the batch is appended.
-        let st = self.state.upgradable_read();
-        if let Some(e) = epoch {
-            if e < st.epoch() {
-                return Err(Error::StaleEpoch {
-                    writer: e,
-                    log: st.epoch(),
-                });
+        let st = loop {
+            let st = self.state.upgradable_read();
+            if let Some(e) = epoch {
+                if e < st.epoch() {
+                    return Err(Error::StaleEpoch {
+                        writer: e,
+                        log: st.epoch(),
+                    });
+                }
             }
-        }
-        for op in ops {
-            let (key, expect) = match *op {
-                BatchOp::Put { key, expect, .. } | BatchOp::Delete { key, expect } => (key, expect),
-            };
-            if expect.is_some() {
-                check(key, expect, st.get(key).map(|s| s.version))?;
+            let mut checked = Ok(());
+            for op in ops {
+                let (key, expect) = match *op {
+                    BatchOp::Put { key, expect, .. } | BatchOp::Delete { key, expect } => {
+                        (key, expect)
+                    }
+                };
+                if expect.is_some() {
+                    checked = check(key, expect, st.get(key).map(|s| s.version));
+                    if checked.is_err() {
+                        break;
+                    }
+                }
             }
-        }
+            // A check that read a damaged run decided nothing: repair, then check again.
+            if !st.damaged() {
+                checked?;
+                break st;
+            }
+            drop(st);
+            self.repair_index()?;
+        };
         let no_epoch = [0u8; 8];
         let to_entry = |op: &BatchOp<'a>| match *op {
             BatchOp::Put { key, value, .. } => Op::Put { key, value }.entry(&no_epoch),
@@ -365,7 +380,7 @@ impl Engine {
     /// The value of `key` and its version: from the value cache, else read back from the log
     /// (through a memory map for sealed segments, `pread` for the active one; checksum checked).
     pub fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>> {
-        let Some(slot) = self.state.read().get(key) else {
+        let Some(slot) = self.read_index(|st| st.get(key))? else {
             return Ok(None);
         };
         if let Some(v) = self.cache.get(slot.version) {
@@ -386,39 +401,74 @@ impl Engine {
     }
 
     /// The current version of `key`, if it exists.
-    pub fn version(&self, key: &[u8]) -> Option<u64> {
-        self.state.read().get(key).map(|s| s.version)
+    pub fn version(&self, key: &[u8]) -> Result<Option<u64>> {
+        self.read_index(|st| st.get(key).map(|s| s.version))
     }
 
     /// Live keys from `from` on (inclusive), in order, with their versions; at most `limit`.
-    pub fn scan(&self, from: &[u8], limit: usize) -> Vec<(Vec<u8>, u64)> {
-        self.state.read().scan(from, limit)
+    pub fn scan(&self, from: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, u64)>> {
+        self.read_index(|st| st.scan(from, limit))
+    }
+
+    /// Runs `f` on the index. When a run it read turned out damaged (a checkpoint block that
+    /// fails its checksum, see [`crate::run`]), what `f` computed is thrown away, the run's
+    /// range is replayed in its place, and `f` runs again.
+    fn read_index<T>(&self, f: impl Fn(&Index) -> T) -> Result<T> {
+        loop {
+            {
+                let st = self.state.read();
+                let out = f(&st);
+                if !st.damaged() {
+                    return Ok(out);
+                }
+            }
+            self.repair_index()?;
+        }
+    }
+
+    /// Replaces the index runs found damaged by replaying their records.
+    fn repair_index(&self) -> Result<()> {
+        let _one = self.checkpoint_lock.lock();
+        index::repair_damaged(&self.wal, &self.state).map(|_| ())
+    }
+
+    /// Live keys, counted in one pass over every layer of the index (outside its lock), with
+    /// the same repair-and-retry as [`Engine::read_index`].
+    fn count_live(&self) -> Result<usize> {
+        loop {
+            let snapshot = self.state.read().count_snapshot();
+            let n = Index::count_live(&snapshot);
+            if !Index::snapshot_damaged(&snapshot) {
+                return Ok(n);
+            }
+            self.repair_index()?;
+        }
     }
 
     /// Counters: keys, epoch, value cache and the log's.
-    pub fn stats(&self) -> EngineStats {
-        let (snapshot, epoch, index) = {
+    pub fn stats(&self) -> Result<EngineStats> {
+        let keys = self.count_live()?;
+        let (epoch, index) = {
             let st = self.state.read();
-            (st.count_snapshot(), st.epoch(), st.shape())
+            (st.epoch(), st.shape())
         };
-        EngineStats {
-            keys: Index::count_live(&snapshot),
+        Ok(EngineStats {
+            keys,
             epoch,
             value_cache_bytes: self.cache.bytes(),
             index,
             wal: self.wal.stats(),
-        }
+        })
     }
 
     /// Number of live keys. Counting reads every layer of the index once: O(keys).
-    pub fn len(&self) -> usize {
-        let snapshot = self.state.read().count_snapshot();
-        Index::count_live(&snapshot)
+    pub fn len(&self) -> Result<usize> {
+        self.count_live()
     }
 
     /// True when no key is live.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
     }
 
     /// The log's epoch (0 until the first fence).

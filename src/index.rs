@@ -138,6 +138,10 @@ impl Layer {
     fn durable(&self) -> bool {
         matches!(self, Layer::Run(r) if r.durable())
     }
+    /// True for a run found damaged (see [`Run::damaged`]); memtables never are.
+    fn damaged(&self) -> bool {
+        matches!(self, Layer::Run(r) if r.damaged())
+    }
     fn same(&self, other: &Layer) -> bool {
         match (self, other) {
             (Layer::Frozen(a), Layer::Frozen(b)) => Arc::ptr_eq(a, b),
@@ -210,6 +214,8 @@ pub(crate) struct Index {
     /// LSN and location of the last record the index has seen, when it is in the active
     /// segment (a run written at close records it, see [`write_at_close`]).
     last_record: Option<(u64, Location)>,
+    /// Runs found damaged after open and replaced by replay, since open.
+    repaired: usize,
 }
 
 /// What [`Index::open`] did.
@@ -296,35 +302,15 @@ impl Index {
                 Part::File(_) => None,
             })
             .collect();
-        let results: Vec<Mutex<Option<Replayed>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(jobs.len());
-        let next_job = std::sync::atomic::AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| {
-                    let mut bufs = ReplayBuffers::default();
-                    loop {
-                        let j = next_job.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(&(from, to, chain)) = jobs.get(j) else {
-                            break;
-                        };
-                        *results[j].lock() = Some(replay(wal, from, to, chain, &mut bufs));
-                    }
-                });
-            }
-        });
-        let mut replayed = results.into_iter().map(|r| r.into_inner());
+        let mut replayed = replay_all(wal, &jobs).into_iter();
         let mut oldest_first: Vec<Layer> = Vec::with_capacity(parts.len());
         for p in parts {
             let run = match p {
                 Part::File(r) => Some(r),
                 Part::Replay(..) => {
-                    // One result a job, each filled by the worker that took it (the scope
-                    // joined them all); a missing one means a worker panicked.
-                    let (r, n) = replayed.next().flatten().ok_or_else(|| {
-                        crate::Error::Index("a replay worker stopped without a result".into())
+                    // One result a job, in job order.
+                    let (r, n) = replayed.next().ok_or_else(|| {
+                        crate::Error::Index("replay returned fewer results than jobs".into())
                     })??;
                     loaded.records_replayed += n;
                     r
@@ -346,6 +332,7 @@ impl Index {
             },
             layers: oldest_first,
             spare: Spare::default(),
+            repaired: 0,
         };
         Ok((index, loaded))
     }
@@ -463,11 +450,23 @@ impl Index {
         n
     }
 
+    /// True when a run of the index was found damaged: what was read from the index since
+    /// must be discarded and read again after [`repair_damaged`].
+    pub(crate) fn damaged(&self) -> bool {
+        self.layers.iter().any(Layer::damaged)
+    }
+
+    /// [`Index::damaged`], for the layers of a [`Index::count_snapshot`].
+    pub(crate) fn snapshot_damaged(snapshot: &(Arc<Sorted>, Vec<Layer>)) -> bool {
+        snapshot.1.iter().any(Layer::damaged)
+    }
+
     /// Layers and the bytes they hold: (layers, run files, bytes in memory, bytes in files).
     pub(crate) fn shape(&self) -> IndexShape {
         let mut s = IndexShape {
             layers: self.layers.len() + 1,
             memtable_entries: self.active.map.len(),
+            runs_repaired: self.repaired,
             ..IndexShape::default()
         };
         for l in &self.layers {
@@ -497,6 +496,9 @@ pub struct IndexShape {
     pub run_files: usize,
     /// Their bytes (mapped, in the page cache, not the heap).
     pub run_file_bytes: u64,
+    /// Run files found damaged since open (a block failed its checksum when first read) and
+    /// replaced by replaying the records they covered.
+    pub runs_repaired: usize,
 }
 
 /// What replaying a stretch of the log gives: its run (none when empty), records read.
@@ -622,7 +624,7 @@ fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32, bufs: &mut ReplayBuffer
         end: (chain_crc == 0).then_some(last_at),
     };
     let bytes = b.finish(meta);
-    let run = Run::parse(Backing::Heap(bytes), None, false)
+    let run = Run::parse(Backing::Heap(bytes), None, true)
         .ok_or_else(|| crate::Error::Index("a run built by replay does not parse".into()))?;
     Ok((Some(run), n))
 }
@@ -653,7 +655,7 @@ fn write_run(wal: &Wal, meta: RunMeta, bytes: Vec<u8>) -> Result<Run> {
     } else {
         Backing::Heap(bytes)
     };
-    Run::parse(backing, Some(dst.clone()), false).ok_or_else(|| {
+    Run::parse(backing, Some(dst.clone()), true).ok_or_else(|| {
         crate::Error::Index(format!(
             "the run {} just written does not parse",
             dst.display()
@@ -690,6 +692,11 @@ fn replace(
         }
         true
     });
+    if group.iter().any(Layer::damaged) {
+        // The merge read a damaged block: its output is not to be trusted. The caller repairs
+        // the input first.
+        return Ok(false);
+    }
     let run = Layer::Run(Arc::new(write_run(wal, meta, b.finish(meta))?));
     {
         let mut idx = state.write();
@@ -738,12 +745,29 @@ fn replace(
 pub(crate) fn maintain(wal: &Wal, state: &RwLock<Index>, one_writer: &Mutex<()>) -> Result<usize> {
     let _one = one_writer.lock();
     let mut written = 0;
+    // Each round repairs what the last one found damaged; a repaired run is replaced by runs
+    // built in memory (never damaged), so rounds end.
+    loop {
+        repair_damaged(wal, state)?;
+        written += flush_and_merge(wal, state)?;
+        if !state.read().damaged() {
+            return Ok(written);
+        }
+    }
+}
+
+/// One round of [`maintain`]; the caller holds its lock.
+fn flush_and_merge(wal: &Wal, state: &RwLock<Index>) -> Result<usize> {
+    let mut written = 0;
     let sealed: HashMap<u64, u32> = wal
         .sealed_segments()?
         .into_iter()
         .map(|s| (s.last_lsn, s.chain_crc))
         .collect();
-    // Flush: the oldest layer that is only in memory, with the newer ones up to a sealed end.
+    // Flush: the oldest layer that is only in memory, with the newer ones up to a sealed end,
+    // and with every newer layer only in memory up to the newest sealed end among them (after
+    // a replay at open, all of its layers: written as one run, not as one run a segment that
+    // the merges below would then rewrite again and again).
     loop {
         let group: Option<(Vec<Layer>, u32, bool)> = {
             let idx = state.read();
@@ -751,9 +775,18 @@ pub(crate) fn maintain(wal: &Wal, state: &RwLock<Index>, one_writer: &Mutex<()>)
                 .iter()
                 .rposition(|l| !l.durable())
                 .and_then(|oldest| {
-                    let end = (0..=oldest)
+                    let in_memory = (0..=oldest)
                         .rev()
-                        .find(|&j| sealed.contains_key(&idx.layers[j].last_lsn()))?;
+                        .take_while(|&j| !idx.layers[j].durable())
+                        .last()
+                        .unwrap_or(oldest);
+                    let end = (in_memory..=oldest)
+                        .find(|&j| sealed.contains_key(&idx.layers[j].last_lsn()))
+                        .or_else(|| {
+                            (0..in_memory)
+                                .rev()
+                                .find(|&j| sealed.contains_key(&idx.layers[j].last_lsn()))
+                        })?;
                     let chain = sealed[&idx.layers[end].last_lsn()];
                     Some((
                         idx.layers[end..=oldest].to_vec(),
@@ -770,14 +803,19 @@ pub(crate) fn maintain(wal: &Wal, state: &RwLock<Index>, one_writer: &Mutex<()>)
         }
         written += 1;
     }
-    // Merge: two adjacent run files when the older holds at most twice the newer's entries.
+    // Merge: two adjacent run files of comparable size, neither holding more than twice the
+    // other's entries (a much larger older run waits for newer ones to catch up; merging into
+    // it at every flush would rewrite it each time).
     loop {
         let pair: Option<(Vec<Layer>, u32, Option<Location>, bool)> = {
             let idx = state.read();
             let l = &idx.layers;
             (0..l.len().saturating_sub(1))
                 .find(|&i| {
-                    l[i].durable() && l[i + 1].durable() && l[i + 1].len() <= 2 * l[i].len().max(1)
+                    l[i].durable()
+                        && l[i + 1].durable()
+                        && l[i + 1].len() <= 2 * l[i].len().max(1)
+                        && l[i].len() <= 2 * l[i + 1].len().max(1)
                 })
                 .map(|i| {
                     // The merged run ends where the newer one does, and is checked the same way.
@@ -837,6 +875,113 @@ pub(crate) fn write_at_close(
     };
     let chain = wal.read_record(at, lsn)?.crc;
     replace(wal, state, &group, chain, Some(at), oldest)
+}
+
+/// Replaces each run found damaged (see [`crate::run`]) by runs replayed from the log for its
+/// range, one a segment, and unlinks its file so that no later open uses it. The caller holds
+/// the index writer lock (`one_writer` of [`maintain`]). Returns how many runs it replaced.
+pub(crate) fn repair_damaged(wal: &Wal, state: &RwLock<Index>) -> Result<usize> {
+    let damaged: Vec<Arc<Run>> = state
+        .read()
+        .layers
+        .iter()
+        .filter_map(|l| match l {
+            Layer::Run(r) if r.damaged() => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    if damaged.is_empty() {
+        return Ok(0);
+    }
+    let sealed = wal.sealed_segments()?;
+    let dir = wal.dir().join(INDEX_DIR);
+    let mut repaired = 0;
+    for run in damaged {
+        let m = run.meta();
+        tracing::warn!(run = ?run.path(), first_lsn = m.first_lsn, last_lsn = m.last_lsn, "index run damaged; replaying the records it covers instead");
+        let mut jobs = Vec::new();
+        let mut next = m.first_lsn;
+        while next <= m.last_lsn {
+            let job = match sealed
+                .iter()
+                .find(|s| s.first_lsn <= next && next <= s.last_lsn)
+            {
+                Some(s) if s.last_lsn <= m.last_lsn => (next, s.last_lsn, s.chain_crc),
+                Some(_) | None => (next, m.last_lsn, 0),
+            };
+            jobs.push(job);
+            next = job.1 + 1;
+        }
+        let mut newest_first = Vec::with_capacity(jobs.len());
+        for replayed in replay_all(wal, &jobs) {
+            if let (Some(r), _) = replayed? {
+                newest_first.push(Layer::Run(Arc::new(r)));
+            }
+        }
+        newest_first.reverse();
+        {
+            let mut idx = state.write();
+            let Some(at) = idx
+                .layers
+                .iter()
+                .position(|l| matches!(l, Layer::Run(r) if Arc::ptr_eq(r, &run)))
+            else {
+                continue;
+            };
+            idx.layers.splice(at..at + 1, newest_first);
+            idx.repaired += 1;
+        }
+        repaired += 1;
+        if let Some(p) = run.path() {
+            wal.io().remove_file(p).map_err(|e| seglog_wal::Error::Io {
+                op: "remove damaged index run",
+                path: p.to_path_buf(),
+                source: e,
+            })?;
+            wal.io().sync_dir(&dir).map_err(|e| seglog_wal::Error::Io {
+                op: "fsync directory",
+                path: dir.clone(),
+                source: e,
+            })?;
+        }
+    }
+    Ok(repaired)
+}
+
+/// Replays each `(from, to, chain_crc)` job (see [`replay`]), one worker a core, each taking
+/// the next job; the results come back in job order.
+fn replay_all(wal: &Wal, jobs: &[(u64, u64, u32)]) -> Vec<Replayed> {
+    let results: Vec<Mutex<Option<Replayed>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(jobs.len());
+    let next_job = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                let mut bufs = ReplayBuffers::default();
+                loop {
+                    let j = next_job.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(from, to, chain)) = jobs.get(j) else {
+                        break;
+                    };
+                    *results[j].lock() = Some(replay(wal, from, to, chain, &mut bufs));
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| {
+            // Each job's result is filled by the worker that took it (the scope joined them
+            // all); a missing one means a worker panicked.
+            r.into_inner().unwrap_or_else(|| {
+                Err(crate::Error::Index(
+                    "a replay worker stopped without a result".into(),
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Removes files of the index directory that no layer uses: runs replaced by a merge before a

@@ -10,7 +10,7 @@
 //! ```text
 //! header (80 bytes, little-endian)
 //!  0 [u8; 8] magic "seglogRN"          32 u64 epoch: highest epoch fenced in the range (0: none)
-//!  8 u16     version = 1               40 u64 entry count n
+//!  8 u16     version = 2               40 u64 entry count n
 //! 10 u16     reserved = 0              48 u64 key heap bytes
 //! 12 u32     chain_crc at last_lsn     56 u64 bloom blocks b (64 bytes each)
 //! 16 u64     first_lsn                 64 u64 segment of the record last_lsn   } both 0 when the
@@ -22,30 +22,40 @@
 //! 16 u64 segment (its first LSN)       30 u8  1 = live, 2 = tombstone;  31 u8 reserved = 0
 //! key heap (the keys, concatenated)
 //! bloom filter (b blocks of 512 bits; 6 bits a key, all in the block the key's hash picks)
-//! trailer: u32 CRC-32C of everything before it
+//! block checksums (c = ceil(B / 4096) x u32): the CRC-32C of each 4096-byte block of the B
+//!   bytes above (header included; the last block may be shorter)
+//! trailer: u32 CRC-32C of the block checksums
 //! ```
 //!
 //! # Invariants
 //! - A run file is written whole to a temporary name, fsynced, renamed into place and its
 //!   directory fsynced; it is never modified afterwards, only unlinked once a merged run that
-//!   covers it is durable. That is what makes mapping it sound (see [`crate::mapped`]).
-//! - A run file is used only when its checksum holds and the log has its end: either a sealed
-//!   segment ends at `last_lsn` with the footer chain value the run recorded, or (a run written
-//!   at close, ending inside the active segment) the record `last_lsn` is at the recorded
-//!   location with that chain value. The chain value covers every record before it, so a run
-//!   can never be applied to another log or another history (a log cut shorter by recovery
-//!   fails the check too).
+//!   covers it is durable (or once it was found damaged and its range replayed). That is what
+//!   makes mapping it sound (see [`crate::mapped`]).
+//! - A run file is used only when its block checksums and header hold and the log has its end:
+//!   either a sealed segment ends at `last_lsn` with the footer chain value the run recorded,
+//!   or (a run written at close, ending inside the active segment) the record `last_lsn` is at
+//!   the recorded location with that chain value. The chain value covers every record before
+//!   it, so a run can never be applied to another log or another history (a log cut shorter by
+//!   recovery fails the check too).
 //!   Anything else (missing, truncated, damaged, foreign) is ignored and the segments it would
 //!   have covered are replayed: a checkpoint can make opening faster, never the index wrong.
+//! - Opening checks the header's block and the checksum table, not the whole file: that is what
+//!   keeps reopening from reading every checkpoint byte. Every other block is checked the first
+//!   time anything in it is read, and no byte of a block is used before its check passed. A
+//!   block that fails marks the run [`Run::damaged`]: whatever was read in that operation is
+//!   discarded, the index replays the run's range in its place and unlinks the file
+//!   (`index::repair_damaged`), and the operation runs again.
 //! - Readers never trust an entry beyond the checksum: every access is bounds-checked and a
 //!   malformed entry reads as absent rather than panicking.
 
 use crate::mapped::{self, Mapped};
 use seglog_wal::Location;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const MAGIC: [u8; 8] = *b"seglogRN";
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 const HEADER_LEN: usize = 80;
 const ENTRY_LEN: usize = 32;
 const BLOCK_BYTES: usize = 64;
@@ -53,6 +63,8 @@ const BLOOM_BITS_PER_KEY: usize = 10;
 const BLOOM_PROBES: u32 = 6;
 const TAG_LIVE: u8 = 1;
 const TAG_DEAD: u8 = 2;
+/// Bytes each block checksum covers: a page, the unit a mapped run is read in anyway.
+const CHECKED_BLOCK: usize = 4096;
 
 /// Where a live key's current value is: its version (the LSN that wrote it) and the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,7 +374,15 @@ impl RunBuilder {
         h.extend_from_slice(&end.segment.to_le_bytes());
         h.extend_from_slice(&end.offset.to_le_bytes());
         self.buf[..HEADER_LEN].copy_from_slice(&h);
-        let crc = crc32c::crc32c(&self.buf);
+        let body_len = self.buf.len();
+        self.buf
+            .reserve_exact(body_len.div_ceil(CHECKED_BLOCK) * 4 + 4);
+        for i in 0..body_len.div_ceil(CHECKED_BLOCK) {
+            let block = &self.buf[i * CHECKED_BLOCK..body_len.min((i + 1) * CHECKED_BLOCK)];
+            let crc = crc32c::crc32c(block);
+            self.buf.extend_from_slice(&crc.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&self.buf[body_len..]);
         self.buf.extend_from_slice(&crc.to_le_bytes());
         self.buf
     }
@@ -399,51 +419,111 @@ pub(crate) struct Run {
     keys_len: usize,
     bloom_at: usize,
     blocks: usize,
+    /// Where the block checksums start (the end of the checked bytes).
+    sums_at: usize,
+    /// One bit a checked block: set once its checksum held.
+    checked: Box<[AtomicU64]>,
+    /// Set when a block's checksum failed: nothing this run says can be trusted.
+    damaged: AtomicBool,
     /// The run's file once it is durable; `None` for a run that lives only in memory.
     path: Option<PathBuf>,
 }
 
 impl Run {
-    /// Parses a run's bytes; `None` when they are not a well-formed run (checksum first, when
-    /// `verify` is set: a run just written by this process skips the re-read).
-    pub(crate) fn parse(backing: Backing, path: Option<PathBuf>, verify: bool) -> Option<Run> {
+    /// Parses a run's bytes; `None` when they are not a well-formed run. `trusted` bytes (a run
+    /// this process just built) count as checked; otherwise the header's block and the
+    /// checksum table are checked now and every other block when first read.
+    pub(crate) fn parse(backing: Backing, path: Option<PathBuf>, trusted: bool) -> Option<Run> {
         let b = backing.bytes();
-        let body_len = b.len().checked_sub(4)?;
-        if verify && crc32c::crc32c(&b[..body_len]).to_le_bytes()[..] != b[body_len..] {
+        if b.len() < HEADER_LEN + 8 || b[..8] != MAGIC || b[8..10] != VERSION.to_le_bytes() {
             return None;
         }
-        if b.len() < HEADER_LEN + 4 || b[..8] != MAGIC || b[8..10] != VERSION.to_le_bytes() {
-            return None;
-        }
-        let meta = RunMeta {
-            chain_crc: u32_at(b, 12)?,
-            first_lsn: u64_at(b, 16)?,
-            last_lsn: u64_at(b, 24)?,
-            epoch: u64_at(b, 32)?,
-            end: match (u64_at(b, 64)?, u64_at(b, 72)?) {
-                (0, 0) => None,
-                (segment, offset) => Some(Location { segment, offset }),
-            },
-        };
         let count = usize::try_from(u64_at(b, 40)?).ok()?;
         let keys_len = usize::try_from(u64_at(b, 48)?).ok()?;
         let blocks = usize::try_from(u64_at(b, 56)?).ok()?;
         let keys_at = HEADER_LEN.checked_add(count.checked_mul(ENTRY_LEN)?)?;
         let bloom_at = keys_at.checked_add(keys_len)?;
-        let end = bloom_at.checked_add(blocks.checked_mul(BLOCK_BYTES)?)?;
-        if end != body_len || blocks == 0 || meta.first_lsn > meta.last_lsn {
+        let sums_at = bloom_at.checked_add(blocks.checked_mul(BLOCK_BYTES)?)?;
+        let sums = sums_at.div_ceil(CHECKED_BLOCK);
+        if sums_at.checked_add(sums.checked_mul(4)?)?.checked_add(4)? != b.len() || blocks == 0 {
             return None;
         }
-        Some(Run {
+        let table = &b[sums_at..b.len() - 4];
+        if crc32c::crc32c(table).to_le_bytes()[..] != b[b.len() - 4..] {
+            return None;
+        }
+        let checked: Box<[AtomicU64]> = (0..sums.div_ceil(64))
+            .map(|_| AtomicU64::new(if trusted { u64::MAX } else { 0 }))
+            .collect();
+        let run = Run {
             backing,
-            meta,
+            meta: RunMeta {
+                first_lsn: 0,
+                last_lsn: 0,
+                chain_crc: 0,
+                epoch: 0,
+                end: None,
+            },
             count,
             keys_at,
             keys_len,
             bloom_at,
             blocks,
+            sums_at,
+            checked,
+            damaged: AtomicBool::new(false),
             path,
-        })
+        };
+        // The header's fields were read above before their check: it decides now.
+        let h = run.checked(0..HEADER_LEN)?;
+        let meta = RunMeta {
+            chain_crc: u32_at(h, 12)?,
+            first_lsn: u64_at(h, 16)?,
+            last_lsn: u64_at(h, 24)?,
+            epoch: u64_at(h, 32)?,
+            end: match (u64_at(h, 64)?, u64_at(h, 72)?) {
+                (0, 0) => None,
+                (segment, offset) => Some(Location { segment, offset }),
+            },
+        };
+        if meta.first_lsn > meta.last_lsn {
+            return None;
+        }
+        Some(Run { meta, ..run })
+    }
+
+    /// The bytes `range` of the run once every block they touch has passed its checksum;
+    /// `None` (and the run marked damaged) when one fails, or when `range` is out of bounds.
+    fn checked(&self, range: std::ops::Range<usize>) -> Option<&[u8]> {
+        let b = self.backing.bytes();
+        let bytes = b.get(range.clone())?;
+        if range.end > self.sums_at {
+            return None;
+        }
+        let last = range.end.saturating_sub(1).max(range.start) / CHECKED_BLOCK;
+        for block in range.start / CHECKED_BLOCK..=last {
+            let (word, bit) = (&self.checked[block / 64], 1u64 << (block % 64));
+            // Relaxed: the bit vouches for bytes that never change (a sealed, read-only file),
+            // so there is no write of them to order against.
+            if word.load(Ordering::Relaxed) & bit != 0 {
+                continue;
+            }
+            let data = &b[block * CHECKED_BLOCK..self.sums_at.min((block + 1) * CHECKED_BLOCK)];
+            let want = u32_at(b, self.sums_at + 4 * block)?;
+            if crc32c::crc32c(data) != want {
+                self.damaged.store(true, Ordering::Release);
+                tracing::error!(run = ?self.path, block, "index run block fails its checksum");
+                return None;
+            }
+            word.fetch_or(bit, Ordering::Relaxed);
+        }
+        Some(bytes)
+    }
+
+    /// True once a block of the run failed its checksum (see the module docs): what any
+    /// operation read from it since must be discarded.
+    pub(crate) fn damaged(&self) -> bool {
+        self.damaged.load(Ordering::Acquire)
     }
 
     /// Opens and verifies the run file at `path`: mapped when `mappable` (an OS file), else read
@@ -464,7 +544,7 @@ impl Run {
             }
             Backing::Heap(bytes)
         };
-        Run::parse(backing, Some(path.to_path_buf()), true)
+        Run::parse(backing, Some(path.to_path_buf()), false)
     }
 
     pub(crate) fn meta(&self) -> RunMeta {
@@ -490,22 +570,24 @@ impl Run {
     }
 
     fn entry(&self, i: usize) -> Option<&[u8]> {
+        if i >= self.count {
+            return None;
+        }
         let at = HEADER_LEN + i * ENTRY_LEN;
-        self.backing.bytes().get(at..at + ENTRY_LEN)
+        self.checked(at..at + ENTRY_LEN)
     }
 
-    /// The key of entry `i` (empty when malformed).
+    /// The key of entry `i` (empty when malformed or damaged).
     pub(crate) fn key(&self, i: usize) -> &[u8] {
-        let b = self.backing.bytes();
         let Some(e) = self.entry(i) else {
             return &[];
         };
         let off = u64_at(e, 0).and_then(|o| usize::try_from(o).ok());
         let len = usize::from(u16::from_le_bytes([e[28], e[29]]));
         match off {
-            Some(off) if off.checked_add(len).is_some_and(|end| end <= self.keys_len) => {
-                &b[self.keys_at + off..self.keys_at + off + len]
-            }
+            Some(off) if off.checked_add(len).is_some_and(|end| end <= self.keys_len) => self
+                .checked(self.keys_at + off..self.keys_at + off + len)
+                .unwrap_or_default(),
             _ => &[],
         }
     }
@@ -547,7 +629,7 @@ impl Run {
     fn may_contain(&self, key: &[u8]) -> bool {
         let (block, mut bits) = bloom_bits(key_hash(key), self.blocks);
         let at = self.bloom_at + block * BLOCK_BYTES;
-        let Some(bloom) = self.backing.bytes().get(at..at + BLOCK_BYTES) else {
+        let Some(bloom) = self.checked(at..at + BLOCK_BYTES) else {
             return true;
         };
         bits.all(|bit| bloom[bit / 8] & (1 << (bit % 8)) != 0)
@@ -632,7 +714,7 @@ mod tests {
             };
             let exact = build(n, keys.iter().map(Vec::len).sum());
             prop_assert!(build(announced, key_bytes) == exact);
-            let run = Run::parse(Backing::Heap(exact), None, true).expect("a built run parses");
+            let run = Run::parse(Backing::Heap(exact), None, false).expect("a built run parses");
             prop_assert_eq!(run.len(), n);
             for (i, k) in keys.iter().enumerate() {
                 prop_assert_eq!(run.get(k), Some(val(i)));

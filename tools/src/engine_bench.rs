@@ -186,7 +186,7 @@ pub fn open_rss(dir: &Path, segment_size: u64, out: &mut dyn Write) -> CmdResult
     let e =
         Engine::open(dir, config(FsyncPolicy::Never, segment_size)).map_err(|e| fail("open", e))?;
     let (anon2, file2) = (rss_kib("RssAnon:"), rss_kib("RssFile:"));
-    let keys = e.len();
+    let keys = e.len().map_err(|e| fail("count keys", e))?;
     writeln!(
         out,
         "{} {} {}",
