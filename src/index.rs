@@ -519,11 +519,33 @@ fn ends_in_log(wal: &Wal, sealed: &[seglog_wal::SealedSegment], run: &Run) -> bo
     }
 }
 
-/// A replayed record's change: its key (in [`ReplayBuffers::keys`]) and value.
+/// A replayed record's change: its key (in [`ReplayBuffers::keys`]) and value, packed into 32
+/// bytes (the sort gathers changes at random, so their size is cache misses). Offsets are 32
+/// bits: a replay job covers one segment, and segments are at most 1 GiB.
 struct Change {
-    key_at: usize,
-    key_len: usize,
-    val: Val,
+    key_at: u32,
+    key_len: u32,
+    version: u64,
+    segment: u64,
+    offset: u32,
+    live: bool,
+}
+
+impl Change {
+    fn key<'k>(&self, keys: &'k [u8]) -> &'k [u8] {
+        let at = self.key_at as usize;
+        &keys[at..at + self.key_len as usize]
+    }
+
+    fn val(&self) -> Val {
+        self.live.then_some(Slot {
+            version: self.version,
+            location: Location {
+                segment: self.segment,
+                offset: u64::from(self.offset),
+            },
+        })
+    }
 }
 
 /// The working memory of a replay worker, reused from one segment to the next (a fresh
@@ -557,12 +579,9 @@ fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32, bufs: &mut ReplayBuffer
         }
         last = Some(r.lsn);
         last_at = r.location;
-        let val = match r.kind {
-            KIND_PUT => Some(Slot {
-                version: r.lsn,
-                location: r.location,
-            }),
-            KIND_DELETE => None,
+        let live = match r.kind {
+            KIND_PUT => true,
+            KIND_DELETE => false,
             KIND_EPOCH => {
                 match <[u8; 8]>::try_from(r.value) {
                     Ok(b) => epoch = epoch.max(u64::from_le_bytes(b)),
@@ -578,10 +597,19 @@ fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32, bufs: &mut ReplayBuffer
                 return true;
             }
         };
+        let (Ok(key_at), Ok(offset)) =
+            (u32::try_from(keys.len()), u32::try_from(r.location.offset))
+        else {
+            malformed = Some((r.lsn, "a segment larger than 4 GiB".into()));
+            return true;
+        };
         items.push(Change {
-            key_at: keys.len(),
-            key_len: r.key.len(),
-            val,
+            key_at,
+            key_len: r.key.len() as u32,
+            version: r.lsn,
+            segment: r.location.segment,
+            offset,
+            live,
         });
         keys.extend_from_slice(r.key);
         true
@@ -597,9 +625,11 @@ fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32, bufs: &mut ReplayBuffer
         return Ok((None, 0));
     };
     let n = last - from.max(wal.first_lsn()) + 1;
-    let key = |i: &Change| &keys[i.key_at..i.key_at + i.key_len];
-    let latest = sort.latest_per_key(items.len(), |i| key(&items[i]));
-    let key_bytes = latest.iter().map(|&n| items[n as usize].key_len).sum();
+    let latest = sort.latest_per_key(items.len(), |i| items[i].key(keys));
+    let key_bytes = latest
+        .iter()
+        .map(|&n| items[n as usize].key_len as usize)
+        .sum();
     let mut b = RunBuilder::with_capacity(latest.len(), key_bytes);
     // `latest` visits the changes in key order, so at random: ask for the change and the key
     // a few places ahead while this one is copied, hiding the cache misses behind each other.
@@ -609,12 +639,12 @@ fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32, bufs: &mut ReplayBuffer
             crate::mapped::prefetch(&items[m as usize]);
         }
         if let Some(&m) = latest.get(i + AHEAD) {
-            if let Some(k) = keys.get(items[m as usize].key_at) {
+            if let Some(k) = keys.get(items[m as usize].key_at as usize) {
                 crate::mapped::prefetch(k);
             }
         }
         let item = &items[n as usize];
-        b.push(key(item), item.val);
+        b.push(item.key(keys), item.val());
     }
     let meta = RunMeta {
         first_lsn: from,
