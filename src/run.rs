@@ -267,8 +267,10 @@ impl RunBuilder {
     /// at the cost of moving the keys. Allocated zeroed and whole: the allocator hands out
     /// fresh zeroed pages untouched, so room left unused costs address space, not memory.
     pub(crate) fn with_capacity(entries: usize, key_bytes: usize) -> RunBuilder {
-        let len =
-            HEADER_LEN + entries * ENTRY_LEN + key_bytes + bloom_blocks(entries) * BLOCK_BYTES + 4;
+        let body =
+            HEADER_LEN + entries * ENTRY_LEN + key_bytes + bloom_blocks(entries) * BLOCK_BYTES;
+        // With the checksum table and trailer: `finish` then never reallocates.
+        let len = body + body.div_ceil(CHECKED_BLOCK) * 4 + 4;
         RunBuilder {
             buf: vec![0u8; len],
             room: entries,
