@@ -18,8 +18,9 @@
 //! Limits: keys up to 65535 bytes; a batch (keys, values and 32 bytes per record) must fit in
 //! one segment minus 104 bytes, else `RecordTooLarge` before anything is written, so nothing is
 //! ever accepted that a later open would refuse. Index cost: per key changed in the active
-//! segment, a memtable entry in memory (about 90 bytes plus the key); per key in a run file, 32
-//! bytes plus the key and 10 bloom bits, mapped from the file (page cache, not heap).
+//! segment, a memtable entry in memory (32 bytes, 11 to 21 bytes of hash table, and the key);
+//! per key in a run file, 32 bytes plus the key and 10 bloom bits, mapped from the file (page
+//! cache, not heap).
 
 use crate::cache::ValueCache;
 use crate::error::{Error, Result};

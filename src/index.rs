@@ -377,13 +377,13 @@ impl Index {
         if self.active_first < segment {
             // The next segment likely changes as many keys: sized now, the new memtable's
             // table never grows.
-            let expected = self.active.map.len();
+            let expected = (self.active.map.len(), self.active.map.key_bytes());
             let map = match self.spare.lock().take() {
                 Some(mut m) => {
-                    m.reset(expected);
+                    m.reset(expected.0, expected.1);
                     m
                 }
-                None => KeyMap::with_capacity(expected),
+                None => KeyMap::with_capacity(expected.0, expected.1),
             };
             let fresh = Memtable {
                 map,

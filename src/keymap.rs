@@ -6,19 +6,24 @@
 //!   put, and dropping a memtable frees three buffers, not a million (a memtable is dropped on
 //!   the checkpointer thread; freeing another thread's allocations one by one contends on the
 //!   allocator's arena lock with the writer).
-//! - `entries` holds each key's hash, its place in the arena and its value; `slots` is an
-//!   open-addressing table (linear probing) of entry numbers, each with the high half of the
-//!   key's hash as a tag. A probe reads `entries` and the arena only on a tag match, and
-//!   growing the table re-places entries from their stored hashes without reading a key.
+//! - `entries` holds each key's place in the arena and its value (32 bytes; a key's hash is
+//!   not kept); `slots` is an open-addressing table (linear probing) of entry numbers, each
+//!   with the high half of the key's hash as a tag. A probe reads `entries` and the arena only
+//!   on a tag match; growing the table (rare: a new memtable is sized like the last one)
+//!   rehashes the keys.
 //! - A change is first only appended (`entries`, the arena, and its hash to `pending`); the
 //!   table learns the last [`PENDING`] changes together, when that many have accumulated. A
 //!   table insert is a cache miss whatever one does; settled together, the misses of a whole
 //!   batch are prefetched at once and overlap, instead of costing one memory round trip per
 //!   put. Lookups read the pending changes (newest first) before the table.
+//! - Page faults are the other cost of a put that is not computing: the buffers are reused
+//!   from memtable to memtable (see `Index::roll`), the table's pages are written when it is
+//!   allocated (never first read as the kernel's shared zero page, whose replacement flushes
+//!   the TLB of every core), and large buffers ask for transparent huge pages.
 //!
 //! ```text
 //!   slots:   [0 | tag:32 idx+1:32 | 0 | 0 | tag idx+1 | ...]   power of two, at most 3/4 full
-//!   entries: [{hash, start, len, val}, ...][pending changes]   settled: each key once
+//!   entries: [{start, len, version, segment, offset}, ...][pending changes]   settled: each key once
 //!   keys:    [key0 bytes | key1 bytes | ...][pending keys]      the arena
 //!   pending: [hash, hash, ...]                                  at most PENDING
 //! ```
@@ -30,8 +35,9 @@
 //!   ones that only overwrote a settled key, so both buffers hold each key once after it.
 //! - Nothing is ever removed (a delete is a tombstone value), so probe chains never break.
 //!
-//! Cost per key: its bytes, a 48-byte entry and 10.7 to 21.3 bytes of slots.
+//! Cost per key: its bytes, a 32-byte entry and 10.7 to 21.3 bytes of slots.
 
+use crate::mapped::advise_huge_pages;
 use crate::run::{self, Val};
 use std::hash::BuildHasher;
 use std::sync::OnceLock;
@@ -39,12 +45,45 @@ use std::sync::OnceLock;
 /// Changes appended before the table learns them together (see the module docs).
 pub(crate) const PENDING: usize = 32;
 
-#[derive(Clone, Copy)]
+/// An offset no frame can have (a segment is at most 1 GiB): marks a tombstone.
+const TOMBSTONE: u64 = u64::MAX;
+
+/// One change: where its key is in the arena, and its value, in 32 bytes. A key's hash is
+/// not kept: the table's tag holds half of it, and growing rehashes the keys.
+#[derive(Clone, Copy, Default)]
 struct KeyEntry {
-    hash: u64,
     start: u32,
     len: u32,
-    val: Val,
+    version: u64,
+    segment: u64,
+    /// The frame's offset, or [`TOMBSTONE`].
+    offset: u64,
+}
+
+impl KeyEntry {
+    fn val(&self) -> Val {
+        (self.offset != TOMBSTONE).then_some(run::Slot {
+            version: self.version,
+            location: seglog_wal::Location {
+                segment: self.segment,
+                offset: self.offset,
+            },
+        })
+    }
+
+    fn new(start: u32, len: u32, val: Val) -> KeyEntry {
+        let (version, segment, offset) = match val {
+            Some(s) => (s.version, s.location.segment, s.location.offset),
+            None => (0, 0, TOMBSTONE),
+        };
+        KeyEntry {
+            start,
+            len,
+            version,
+            segment,
+            offset,
+        }
+    }
 }
 
 /// See the module docs.
@@ -64,7 +103,7 @@ pub(crate) struct KeyMap {
 
 impl Default for KeyMap {
     fn default() -> Self {
-        KeyMap::with_capacity(0)
+        KeyMap::with_capacity(0, 0)
     }
 }
 
@@ -78,57 +117,88 @@ fn table_size(n: usize) -> usize {
     (n.saturating_mul(4) / 3 + 1).next_power_of_two().max(16)
 }
 
+/// A zeroed table of `n` slots whose pages are written now. (`vec![0; n]` takes fresh zero
+/// pages from the kernel unwritten; the first probe of a page then maps the shared zero
+/// page, and the insert after it faults again and flushes the TLB of every core the process
+/// runs on.)
+fn zeroed_slots(n: usize) -> Vec<u64> {
+    let mut v = Vec::with_capacity(n);
+    advise_huge_pages(&v);
+    v.resize(n, 0);
+    v
+}
+
 fn slot_value(hash: u64, n: usize) -> u64 {
     // Entry numbers fit in 32 bits: see `KeyMap::set`.
     (hash >> 32) << 32 | (n as u64 + 1)
 }
 
 impl KeyMap {
-    /// A map that holds `n` keys before its table grows.
-    pub(crate) fn with_capacity(n: usize) -> KeyMap {
-        KeyMap {
+    /// A map that holds `n` keys, `key_bytes` of them in all, before any buffer grows.
+    pub(crate) fn with_capacity(n: usize, key_bytes: usize) -> KeyMap {
+        let mut m = KeyMap {
             seed: process_seed(),
             keys: Vec::new(),
-            entries: Vec::with_capacity(n),
+            entries: Vec::new(),
             settled: 0,
             pending: Vec::with_capacity(PENDING),
-            slots: vec![0; table_size(n)],
+            slots: zeroed_slots(table_size(n)),
+        };
+        m.reserve(n, key_bytes);
+        m
+    }
+
+    /// Room for `n` entries and `key_bytes` of keys in all, without reallocating.
+    fn reserve(&mut self, n: usize, key_bytes: usize) {
+        if self.entries.capacity() < n {
+            self.entries.reserve(n - self.entries.len());
+            advise_huge_pages(&self.entries);
+        }
+        if self.keys.capacity() < key_bytes {
+            self.keys.reserve(key_bytes - self.keys.len());
+            advise_huge_pages(&self.keys);
         }
     }
 
-    /// Empties the map, keeping its buffers, so that it holds `n` keys before its table grows.
-    /// Reusing a map's memory instead of allocating anew spares the writer the page faults of
-    /// fresh memory (one per 85 keys for the entries alone; costly in a virtual machine).
-    pub(crate) fn reset(&mut self, n: usize) {
+    /// Empties the map, keeping its buffers, so that it holds `n` keys and `key_bytes` of
+    /// them before any buffer grows. Reusing a map's memory instead of allocating anew spares
+    /// the writer the page faults of fresh memory (one every 128 keys for the entries alone;
+    /// costly in a virtual machine).
+    pub(crate) fn reset(&mut self, n: usize, key_bytes: usize) {
         self.keys.clear();
         self.entries.clear();
-        self.entries.reserve(n);
         self.settled = 0;
         self.pending.clear();
         let size = table_size(n);
-        if self.slots.len() == size {
+        if self.slots.len() >= size {
             self.slots.fill(0);
         } else {
-            self.slots = vec![0; size];
+            self.slots = zeroed_slots(size);
         }
+        self.reserve(n, key_bytes);
     }
 
     /// Number of keys.
     pub(crate) fn len(&self) -> usize {
         let mut n = self.settled;
         for i in self.settled..self.entries.len() {
-            let e = &self.entries[i];
-            let key = self.key_of(e);
+            let key = self.key_of(&self.entries[i]);
+            let hash = self.pending[i - self.settled];
             let earlier = self.settled..i;
-            if self.probe(key, e.hash).1.is_none()
-                && !earlier
-                    .into_iter()
-                    .any(|j| self.entries[j].hash == e.hash && self.key_of(&self.entries[j]) == key)
+            if self.probe(key, hash).1.is_none()
+                && !earlier.into_iter().any(|j| {
+                    self.pending[j - self.settled] == hash && self.key_of(&self.entries[j]) == key
+                })
             {
                 n += 1;
             }
         }
         n
+    }
+
+    /// Bytes of keys held (for sizing the next map).
+    pub(crate) fn key_bytes(&self) -> usize {
+        self.keys.len()
     }
 
     fn hash(&self, key: &[u8]) -> u64 {
@@ -152,8 +222,7 @@ impl KeyMap {
             }
             if s >> 32 == tag {
                 let n = (s as u32 - 1) as usize;
-                let e = &self.entries[n];
-                if e.hash == hash && self.key_of(e) == key {
+                if self.key_of(&self.entries[n]) == key {
                     return (i, Some(n));
                 }
             }
@@ -168,12 +237,12 @@ impl KeyMap {
             if h == hash {
                 let e = &self.entries[self.settled + i];
                 if self.key_of(e) == key {
-                    return Some(e.val);
+                    return Some(e.val());
                 }
             }
         }
         let (_, n) = self.probe(key, hash);
-        n.map(|n| self.entries[n].val)
+        n.map(|n| self.entries[n].val())
     }
 
     /// Sets `key`'s value, inserting the key when it is new.
@@ -191,12 +260,14 @@ impl KeyMap {
         };
         // Both at most the arena's new length, checked above.
         let (start, len) = (self.keys.len() as u32, key.len() as u32);
-        self.entries.push(KeyEntry {
-            hash,
-            start,
-            len,
-            val,
-        });
+        if self.entries.len() == self.entries.capacity()
+            || self.keys.len() + key.len() > self.keys.capacity()
+        {
+            // Doubling, as `Vec` would, but with the huge-page hint on the new buffers.
+            let (n, bytes) = (self.entries.len(), self.keys.len() + key.len());
+            self.reserve(n.max(64) * 2, bytes.max(1024) * 2);
+        }
+        self.entries.push(KeyEntry::new(start, len, val));
         self.keys.extend_from_slice(key);
         self.pending.push(hash);
         if self.pending.len() >= PENDING {
@@ -220,23 +291,27 @@ impl KeyMap {
         let mut key_end = self.entries[first_pending].start as usize;
         for r in first_pending..self.entries.len() {
             let e = self.entries[r];
+            let hash = self.pending[r - first_pending];
             // Its key has not been moved yet: moves only go down, before entry `r`'s key.
-            let (slot, found) = self.probe(self.key_of(&e), e.hash);
+            let (slot, found) = self.probe(self.key_of(&e), hash);
             if let Some(n) = found {
-                self.entries[n].val = e.val;
+                let key_at = self.entries[n].start;
+                self.entries[n] = KeyEntry { start: key_at, ..e };
                 continue;
             }
             let w = self.settled;
             let len = e.len as usize;
-            self.keys
-                .copy_within(e.start as usize..e.start as usize + len, key_end);
+            if e.start as usize != key_end {
+                self.keys
+                    .copy_within(e.start as usize..e.start as usize + len, key_end);
+            }
             self.entries[w] = KeyEntry {
                 // Below the old arena length, which fits in 32 bits (see `set`).
                 start: key_end as u32,
                 ..e
             };
             key_end += len;
-            self.slots[slot] = slot_value(e.hash, w);
+            self.slots[slot] = slot_value(hash, w);
             self.settled += 1;
         }
         self.entries.truncate(self.settled);
@@ -244,17 +319,18 @@ impl KeyMap {
         self.pending.clear();
     }
 
-    /// Doubles the table, placing every settled entry again from its stored hash.
+    /// Doubles the table, placing every settled entry again from its key's hash.
     fn grow(&mut self) {
         let size = self.slots.len() * 2;
         let mask = size - 1;
-        let mut slots = vec![0u64; size];
+        let mut slots = zeroed_slots(size);
         for (n, e) in self.entries[..self.settled].iter().enumerate() {
-            let mut i = e.hash as usize & mask;
+            let hash = self.hash(self.key_of(e));
+            let mut i = hash as usize & mask;
             while slots[i] != 0 {
                 i = (i + 1) & mask;
             }
-            slots[i] = slot_value(e.hash, n);
+            slots[i] = slot_value(hash, n);
         }
         self.slots = slots;
     }
@@ -268,7 +344,7 @@ impl KeyMap {
     /// Entry number `n`: its key and value.
     pub(crate) fn at(&self, n: u32) -> (&[u8], Val) {
         let e = &self.entries[n as usize];
-        (self.key_of(e), e.val)
+        (self.key_of(e), e.val())
     }
 }
 
@@ -298,7 +374,7 @@ mod tests {
             ops in proptest::collection::vec((proptest::collection::vec(0u8..4, 0..5), 0u64..1000), 0..600),
             capacity in 0usize..40,
         ) {
-            let mut m = KeyMap::with_capacity(capacity);
+            let mut m = KeyMap::with_capacity(capacity, capacity * 2);
             let mut model: HashMap<Vec<u8>, Val> = HashMap::new();
             for (k, v) in &ops {
                 m.set(k, val(*v));
@@ -327,25 +403,25 @@ mod tests {
 
     #[test]
     fn reset_empties_and_keeps_working() {
-        let mut m = KeyMap::with_capacity(4);
+        let mut m = KeyMap::with_capacity(4, 0);
         for i in 0..1000u64 {
             m.set(&i.to_le_bytes(), val(i + 1));
         }
-        m.reset(10);
+        m.reset(10, 3);
         assert_eq!(m.len(), 0);
         assert_eq!(m.get(&5u64.to_le_bytes()), None);
         m.set(b"k", val(1));
         assert_eq!(m.get(b"k"), Some(val(1)));
         assert_eq!(
             std::mem::size_of::<KeyEntry>(),
-            48,
+            32,
             "the module docs' cost per key"
         );
     }
 
     #[test]
     fn grows_past_its_capacity() {
-        let mut m = KeyMap::with_capacity(0);
+        let mut m = KeyMap::with_capacity(0, 0);
         for i in 0..100_000u64 {
             m.set(&i.to_be_bytes(), val(i + 1));
         }

@@ -204,11 +204,26 @@ pub(crate) fn key_hash(key: &[u8]) -> u64 {
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
-        let mut w = [0u8; 8];
-        w[..rest.len()].copy_from_slice(rest);
-        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x9FB2_1C65_1E98_DF25);
+        h = (h ^ tail_word(key, rest)).wrapping_mul(0x9FB2_1C65_1E98_DF25);
     }
     fmix(h)
+}
+
+/// The last `rest.len()` (1 to 7) bytes of `key` as a little-endian word, zero-padded: the
+/// same value as copying them into a zeroed `[u8; 8]`, without the byte-wise copy whose
+/// partial stores stall the 8-byte load after them (a store-forwarding stall on every put).
+fn tail_word(key: &[u8], rest: &[u8]) -> u64 {
+    let n = rest.len();
+    if key.len() >= 8 {
+        // The key's last 8 bytes (overlapping the last full chunk), shifted so that only the
+        // remainder is left: 1 <= n <= 7, so the shift is 8 to 56 bits.
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&key[key.len() - 8..]);
+        return u64::from_le_bytes(w) >> (8 * (8 - n));
+    }
+    rest.iter()
+        .rev()
+        .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
 }
 
 /// The block a hash selects among `blocks`, and its probe bits.
@@ -691,6 +706,51 @@ mod tests {
             let mut want: Vec<u32> = (0..keys.len() as u32).collect();
             want.sort_by(|&a, &b| keys[a as usize].cmp(&keys[b as usize]).then(a.cmp(&b)));
             prop_assert_eq!(got, want);
+        }
+    }
+
+    /// `key_hash` as first written (byte-wise tail copy): the bloom bits of every run file
+    /// ever written depend on it.
+    fn key_hash_reference(key: &[u8]) -> u64 {
+        let mut h = 0x9E37_79B9_7F4A_7C15u64 ^ key.len() as u64;
+        let mut chunks = key.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x9FB2_1C65_1E98_DF25);
+            h ^= h >> 29;
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x9FB2_1C65_1E98_DF25);
+        }
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+        h ^ (h >> 33)
+    }
+
+    #[test]
+    fn key_hash_never_changes() {
+        assert_eq!(key_hash(b""), 0x9ca0_66f1_a4ab_2eea);
+        assert_eq!(key_hash(b"key-0123"), 0x2729_6223_2d90_dd5e);
+        assert_eq!(key_hash(b"key-00000000000000ab"), 0x7d22_2342_a014_66bb);
+        // Every length up to several chunks, every tail length, bytes with the high bit set.
+        for len in 0..=40usize {
+            let key: Vec<u8> = (0..len)
+                .map(|i| (i as u8).wrapping_mul(73).wrapping_add(0xF1))
+                .collect();
+            assert_eq!(key_hash(&key), key_hash_reference(&key), "length {len}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn key_hash_matches_its_first_definition(key in proptest::collection::vec(any::<u8>(), 0..64)) {
+            prop_assert_eq!(key_hash(&key), key_hash_reference(&key));
         }
     }
 
