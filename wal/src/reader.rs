@@ -44,7 +44,11 @@ pub(crate) struct SegmentCursor {
     pub path: PathBuf,
     file: Arc<dyn IoFile>,
     pub header: SegmentHeader,
+    /// Read buffer: `buf[..end]` holds file bytes; the rest is room for the next read (kept
+    /// allocated and initialised, so that a refill does not clear a chunk before reading it).
     buf: Vec<u8>,
+    /// Bytes of `buf` that hold file data.
+    end: usize,
     /// File offset of `buf[0]`.
     buf_off: u64,
     /// Index in `buf` of the next frame.
@@ -87,6 +91,7 @@ impl SegmentCursor {
             file,
             header,
             buf: Vec::new(),
+            end: 0,
             buf_off: HEADER_LEN as u64,
             pos: 0,
             last: (0, 0),
@@ -110,33 +115,37 @@ impl SegmentCursor {
     /// again (used while tailing a segment that is still being written).
     pub fn forget_buffered(&mut self) {
         self.buf_off += self.pos as u64;
-        self.buf.clear();
+        self.end = 0;
         self.pos = 0;
     }
 
     /// Makes at least `need` bytes available from `pos`, reading more of the file; returns the
     /// bytes available (fewer at end of file).
     fn fill(&mut self, need: usize) -> Result<usize> {
-        let avail = self.buf.len() - self.pos;
+        let avail = self.end - self.pos;
         if avail >= need {
             return Ok(avail);
         }
         // Move the unread tail to the front, then read behind it.
-        self.buf.drain(..self.pos);
+        self.buf.copy_within(self.pos..self.end, 0);
+        self.end -= self.pos;
         self.buf_off += self.pos as u64;
         self.pos = 0;
         let want = need.max(READ_CHUNK);
         // Ask for the chunks after this one now, so the disk reads them while we parse.
-        let ahead = self.buf_off + (self.buf.len() + want) as u64;
+        let ahead = self.buf_off + (self.end + want) as u64;
         self.file.prefetch(ahead, PREFETCH_BYTES);
-        while self.buf.len() < need {
-            let start = self.buf.len();
-            self.buf.resize(start.max(want), 0);
+        while self.end < need {
+            let start = self.end;
+            let upto = start.max(want);
+            if self.buf.len() < upto {
+                self.buf.resize(upto, 0);
+            }
             let n = self
                 .file
-                .read_at(&mut self.buf[start..], self.buf_off + start as u64)
+                .read_at(&mut self.buf[start..upto], self.buf_off + start as u64)
                 .map_err(|e| Error::io("read", &self.path, e))?;
-            self.buf.truncate(start + n);
+            self.end = start + n;
             if n == 0 {
                 self.known_len = self
                     .file
@@ -145,7 +154,7 @@ impl SegmentCursor {
                 break;
             }
         }
-        Ok(self.buf.len())
+        Ok(self.end)
     }
 
     /// Room a frame at the current offset may take: up to the larger of the preallocated
@@ -165,7 +174,7 @@ impl SegmentCursor {
                 return Ok(Step::End { offset });
             }
             let max_frame = self.room();
-            match format::decode_frame(&self.buf[self.pos..], max_frame) {
+            match format::decode_frame(&self.buf[self.pos..self.end], max_frame) {
                 Frame::Incomplete { need: n } => {
                     // `fill(need)` already gave all the file had when `n <= need`.
                     if n <= need || self.fill(n)? < n {

@@ -109,6 +109,44 @@ fn second_writer_gets_locked_error_naming_pid() {
     }
 }
 
+/// The reader refills one buffer in chunks of `READ_CHUNK` bytes, moving the unread tail to
+/// its front; frames larger than a chunk, and frames that straddle chunk boundaries at every
+/// offset, must come back whole, read from the start and from the middle.
+#[test]
+fn records_larger_than_a_read_chunk_read_back_whole() {
+    let chunk = seglog_wal::reader::READ_CHUNK;
+    for env in backends() {
+        let wal = env.open(&config(FsyncPolicy::Never, 16 << 20));
+        let sizes = [
+            10,
+            chunk + 100,
+            3,
+            chunk / 2,
+            chunk / 2 + 7,
+            2 * chunk + 4093,
+            0,
+            chunk - 20,
+            chunk * 3,
+            1,
+        ];
+        let mut expect = Vec::new();
+        for (i, &len) in sizes.iter().cycle().take(40).enumerate() {
+            let v = value(i as u64 + 1, len);
+            assert_eq!(wal.append(entry(&v)).unwrap(), i as u64 + 1);
+            expect.push((i as u64 + 1, v));
+        }
+        wal.close().unwrap();
+        let wal = env.open(&config(FsyncPolicy::Never, 16 << 20));
+        assert_eq!(read_all(&wal), expect, "[{}]", env.name);
+        let from_middle: Vec<(u64, Vec<u8>)> = wal
+            .reader(17)
+            .map(|r| r.map(|r| (r.lsn, r.value)))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(from_middle, expect[16..], "[{}]", env.name);
+    }
+}
+
 #[test]
 fn too_large_records_and_keys_are_refused_up_front() {
     for env in backends() {
