@@ -1,5 +1,5 @@
 //! Read-only memory maps of sealed segments. Every `unsafe` of the engine is in this module
-//! (the maps, and one cache prefetch hint at the end).
+//! (the maps, and two hints at the end: a cache prefetch and a huge-page request).
 //!
 //! # Why the maps are sound
 //! `memmap2::Mmap::map` is unsafe because the bytes behind a map can change, or vanish (a
