@@ -170,7 +170,7 @@ impl KeyMap {
         self.settled = 0;
         self.pending.clear();
         let size = table_size(n);
-        if self.slots.len() >= size {
+        if self.slots.len() == size {
             self.slots.fill(0);
         } else {
             self.slots = zeroed_slots(size);
