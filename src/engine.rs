@@ -91,8 +91,10 @@ pub struct Engine {
     maps: SealedMaps,
     cache: ValueCache,
     report: OpenReport,
-    /// The checkpointer's nudge channel and thread, taken on close.
-    checkpointer: Mutex<Option<(std::sync::mpsc::Sender<Nudge>, std::thread::JoinHandle<()>)>>,
+    /// The background threads, nudged at every roll, and their nudge channels, taken on
+    /// close: the checkpointer, and the thread that prepares the next roll's memtable map
+    /// (`index::stock_spare`).
+    background: Mutex<Vec<Background>>,
     /// Held while index runs are written or merged (shared with the checkpointer thread).
     checkpoint_lock: Arc<Mutex<()>>,
 }
@@ -113,6 +115,13 @@ pub struct OpenReport {
 enum Nudge {
     SegmentSealed,
 }
+
+/// A background thread: its name, its nudge channel and its handle.
+type Background = (
+    &'static str,
+    std::sync::mpsc::Sender<Nudge>,
+    std::thread::JoinHandle<()>,
+);
 
 fn check(key: &[u8], expect: Option<Expect>, current: Option<u64>) -> Result<()> {
     let ok = match expect {
@@ -181,6 +190,20 @@ impl Engine {
                 }
             })
             .map_err(|e| seglog_wal::Error::Io { op: "spawn checkpointer thread", path: wal.dir().to_path_buf(), source: e })?;
+        let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Nudge>();
+        let spare = state.read().spare();
+        let spare_stocker = std::thread::Builder::new()
+            .name("seglog-spares".into())
+            .spawn(move || {
+                while let Ok(Nudge::SegmentSealed) = spare_rx.recv() {
+                    index::stock_spare(&spare);
+                }
+            })
+            .map_err(|e| seglog_wal::Error::Io {
+                op: "spawn spare-map thread",
+                path: wal.dir().to_path_buf(),
+                source: e,
+            })?;
         Ok(Engine {
             wal,
             state,
@@ -188,7 +211,10 @@ impl Engine {
             maps: SealedMaps::default(),
             cache: ValueCache::new((cache_mb as usize).saturating_mul(1 << 20)),
             report,
-            checkpointer: Mutex::new(Some((tx, checkpointer))),
+            background: Mutex::new(vec![
+                ("checkpointer", tx, checkpointer),
+                ("spare-map", spare_tx, spare_stocker),
+            ]),
             checkpoint_lock,
         })
     }
@@ -362,10 +388,11 @@ impl Engine {
     }
 
     /// Records landed in `segment`: when that is a new one, the previous one sealed, the
-    /// index freezes its memtable and the checkpointer is nudged to write it as a run.
+    /// index freezes its memtable, the checkpointer is nudged to write it as a run, and the
+    /// spare-map thread to prepare the map the next roll takes.
     fn roll(&self, st: &mut Index, segment: u64) {
         if st.roll(segment) {
-            if let Some((tx, _)) = self.checkpointer.lock().as_ref() {
+            for (_, tx, _) in self.background.lock().iter() {
                 // Only a nudge: a send fails only when the thread is gone (closing).
                 let _nudge_only = tx.send(Nudge::SegmentSealed);
             }
@@ -503,7 +530,7 @@ impl Engine {
     /// Before closing the log, the index is written whole as run files (see
     /// [`crate::index`]), so the next open replays nothing.
     pub fn close(self) -> Result<()> {
-        self.stop_checkpointer();
+        self.stop_background();
         self.wal.sync()?;
         if let Err(e) = index::write_at_close(&self.wal, &self.state, &self.checkpoint_lock) {
             tracing::warn!(error = %e, "could not write the index at close (the next open replays the active segment)");
@@ -519,12 +546,12 @@ impl Engine {
         }
     }
 
-    fn stop_checkpointer(&self) {
+    fn stop_background(&self) {
         // Dropping the sender ends the thread's receive loop.
-        if let Some((tx, handle)) = self.checkpointer.lock().take() {
+        for (name, tx, handle) in std::mem::take(&mut *self.background.lock()) {
             drop(tx);
             if handle.join().is_err() {
-                tracing::error!("the checkpointer thread panicked");
+                tracing::error!(thread = name, "a background thread panicked");
             }
         }
     }
@@ -532,6 +559,6 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.stop_checkpointer();
+        self.stop_background();
     }
 }

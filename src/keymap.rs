@@ -16,10 +16,16 @@
 //!   table insert is a cache miss whatever one does; settled together, the misses of a whole
 //!   batch are prefetched at once and overlap, instead of costing one memory round trip per
 //!   put. Lookups read the pending changes (newest first) before the table.
+//! - The entries and the arena are written in order, a new cache line every two puts. Those
+//!   stores miss the caches (a memtable is larger than them, and was last touched a segment
+//!   ago), and the index lock's release after the insert waits until they complete: each put
+//!   asks for the lines a few puts ahead of it, so they are in cache when written (a put of a
+//!   200-byte value went from about 1.6 to 1.35 times the raw append with this alone).
 //! - Page faults are the other cost of a put that is not computing: the buffers are reused
-//!   from memtable to memtable (see `Index::roll`), the table's pages are written when it is
+//!   from memtable to memtable, emptied and their pages written on another thread before the
+//!   roll that takes them (see `index::stock_spare`); the table's pages are written when it is
 //!   allocated (never first read as the kernel's shared zero page, whose replacement flushes
-//!   the TLB of every core), and large buffers ask for transparent huge pages.
+//!   the TLB of every core); and large buffers ask for transparent huge pages.
 //!
 //! ```text
 //!   slots:   [0 | tag:32 idx+1:32 | 0 | 0 | tag idx+1 | ...]   power of two, at most 3/4 full
@@ -160,18 +166,41 @@ impl KeyMap {
         }
     }
 
+    /// Writes a byte in every page of the room left in the entries and the key arena, so that
+    /// the puts filling them take no page faults (see `index::stock_spare`: a spare map is
+    /// prepared on another core than the writer's).
+    pub(crate) fn touch_capacity(&mut self) {
+        const PAGE: usize = 4096;
+        let per_page = PAGE / std::mem::size_of::<KeyEntry>();
+        for e in self
+            .entries
+            .spare_capacity_mut()
+            .iter_mut()
+            .step_by(per_page)
+        {
+            e.write(KeyEntry::default());
+        }
+        for b in self.keys.spare_capacity_mut().iter_mut().step_by(PAGE) {
+            b.write(0);
+        }
+    }
+
     /// Empties the map, keeping its buffers, so that it holds `n` keys and `key_bytes` of
     /// them before any buffer grows. Reusing a map's memory instead of allocating anew spares
     /// the writer the page faults of fresh memory (one every 128 keys for the entries alone;
     /// costly in a virtual machine).
     pub(crate) fn reset(&mut self, n: usize, key_bytes: usize) {
+        let settled_any = self.settled > 0;
         self.keys.clear();
         self.entries.clear();
         self.settled = 0;
         self.pending.clear();
         let size = table_size(n);
         if self.slots.len() == size {
-            self.slots.fill(0);
+            // Only settling writes slots: a table that settled nothing is still all zero.
+            if settled_any {
+                self.slots.fill(0);
+            }
         } else {
             self.slots = zeroed_slots(size);
         }
@@ -194,6 +223,12 @@ impl KeyMap {
             }
         }
         n
+    }
+
+    /// Entries the map holds before its buffers grow.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.entries.capacity()
     }
 
     /// Bytes of keys held (for sizing the next map).
@@ -269,6 +304,12 @@ impl KeyMap {
         }
         self.entries.push(KeyEntry::new(start, len, val));
         self.keys.extend_from_slice(key);
+        if let Some(e) = self.entries.spare_capacity_mut().get(8) {
+            crate::mapped::prefetch(e);
+        }
+        if let Some(k) = self.keys.spare_capacity_mut().get(512) {
+            crate::mapped::prefetch(k);
+        }
         self.pending.push(hash);
         if self.pending.len() >= PENDING {
             self.settle();
@@ -417,6 +458,35 @@ mod tests {
             32,
             "the module docs' cost per key"
         );
+    }
+
+    #[test]
+    fn reset_to_the_same_size_forgets_settled_and_pending_keys() {
+        let mut m = KeyMap::with_capacity(100, 800);
+        let size = m.slots.len();
+        // More than `PENDING` keys: some are settled into the table.
+        for i in 0..50u64 {
+            m.set(&i.to_le_bytes(), val(i + 1));
+        }
+        m.reset(100, 800);
+        assert_eq!(m.slots.len(), size, "the same table, cleared");
+        assert!(m.slots.iter().all(|&s| s == 0));
+        // Fewer than `PENDING`: nothing reached the table, which stays as it is.
+        for i in 100..110u64 {
+            m.set(&i.to_le_bytes(), val(i + 1));
+        }
+        m.reset(100, 800);
+        m.touch_capacity();
+        for i in (0..50u64).chain(100..110) {
+            assert_eq!(m.get(&i.to_le_bytes()), None);
+        }
+        for i in 200..300u64 {
+            m.set(&i.to_le_bytes(), val(i + 1));
+        }
+        assert_eq!(m.len(), 100);
+        for i in 200..300u64 {
+            assert_eq!(m.get(&i.to_le_bytes()), Some(val(i + 1)));
+        }
     }
 
     #[test]
