@@ -61,6 +61,10 @@ fn sorted_from<'a>(v: &'a [(Vec<u8>, Val)], from: &[u8]) -> Entries<'a> {
 #[derive(Default)]
 pub(crate) struct Memtable {
     map: KeyMap,
+    /// Whether its map was sized for a segment's worth of changes: at a roll, like the last
+    /// memtable; else (the first memtable after open) after its first [`SIZING_SAMPLE`] keys
+    /// (see [`Index::set`]).
+    sized: bool,
     /// Its sorted view, built for scans and dropped at the next change.
     sorted: Mutex<Option<Arc<Sorted>>>,
 }
@@ -76,6 +80,9 @@ impl Memtable {
 
 /// Memtable maps kept for reuse (see [`SparePool`]).
 pub(crate) type Spare = Arc<Mutex<SparePool>>;
+
+/// Keys the first memtable after open takes before it is sized for its segment.
+const SIZING_SAMPLE: usize = 4096;
 
 /// Most maps a [`SparePool`] keeps.
 const SPARES: usize = 2;
@@ -251,6 +258,8 @@ pub(crate) struct Index {
     layers: Vec<Layer>,
     /// Maps for the next rolls to reuse.
     spare: Spare,
+    /// The log's segment size (for sizing the first memtable, see [`Index::set`]).
+    segment_bytes: u64,
     /// The log's epoch: the highest ever fenced.
     epoch: u64,
     /// LSN and location of the last record the index has seen, when it is in the active
@@ -375,6 +384,7 @@ impl Index {
             layers: oldest_first,
             spare: Spare::default(),
             repaired: 0,
+            segment_bytes: wal.config().segment_size_bytes,
         };
         Ok((index, loaded))
     }
@@ -390,7 +400,36 @@ impl Index {
     /// Records the change a record in the active segment made. Call [`Index::roll`] first.
     pub(crate) fn set(&mut self, key: &[u8], val: Val) {
         self.active.map.set(key, val);
+        if !self.active.sized && self.active.map.settled() >= SIZING_SAMPLE {
+            if let Some(at) = val {
+                self.size_active(at);
+            }
+        }
         *self.active.sorted.get_mut() = None;
+    }
+
+    /// Sizes the first memtable after open for the whole segment, extrapolating from its
+    /// first changes, `at` the latest: a map that grew by doubling would place its keys again
+    /// at each step, about a tenth of a put's time over the first segment.
+    fn size_active(&mut self, at: Slot) {
+        self.active.sized = true;
+        let in_segment = at.version.saturating_sub(self.active_segment) + 1;
+        let in_memtable = at.version.saturating_sub(self.active_first) + 1;
+        let keys = self.active.map.settled() as u64;
+        let key_bytes = self.active.map.key_bytes() as u64;
+        if at.location.offset == 0 || keys == 0 {
+            return;
+        }
+        // Records the segment will hold at the size of those so far, and the share of them
+        // that changed a key not changed before.
+        let records = self.segment_bytes.saturating_mul(in_segment) / at.location.offset;
+        let expect_keys = records.saturating_mul(keys) / in_memtable.max(keys);
+        let expect_bytes = expect_keys.saturating_mul(key_bytes) / keys;
+        // A segment holds at most 1 GiB (`MAX_SEGMENT_SIZE`) of records of at least a frame
+        // header each: both fit a usize.
+        self.active
+            .map
+            .expect(expect_keys as usize, expect_bytes as usize);
     }
 
     /// Notes the last record applied: its LSN and location.
@@ -440,6 +479,7 @@ impl Index {
             };
             let fresh = Memtable {
                 map,
+                sized: true,
                 sorted: Mutex::new(None),
             };
             let mut map = std::mem::replace(&mut self.active, fresh).map;

@@ -362,7 +362,28 @@ impl KeyMap {
 
     /// Doubles the table, placing every settled entry again from its key's hash.
     fn grow(&mut self) {
-        let size = self.slots.len() * 2;
+        self.rehash(self.slots.len() * 2);
+    }
+
+    /// Makes room for `n` keys, `key_bytes` of them in all, before any buffer grows: the
+    /// table grows at once to its size for `n` (each settled key placed once, not once per
+    /// doubling). For a map that was not sized when it was made.
+    pub(crate) fn expect(&mut self, n: usize, key_bytes: usize) {
+        let size = table_size(n);
+        if size > self.slots.len() {
+            self.rehash(size);
+        }
+        self.reserve(n, key_bytes);
+    }
+
+    /// Keys in the table (the pending changes aside): a cheap lower bound of [`KeyMap::len`].
+    pub(crate) fn settled(&self) -> usize {
+        self.settled
+    }
+
+    /// Places every settled entry again, from its key's hash, in a table of `size` slots (a
+    /// power of two holding them at most 3/4 full).
+    fn rehash(&mut self, size: usize) {
         let mask = size - 1;
         let mut slots = zeroed_slots(size);
         for (n, e) in self.entries[..self.settled].iter().enumerate() {
@@ -487,6 +508,31 @@ mod tests {
         for i in 200..300u64 {
             assert_eq!(m.get(&i.to_le_bytes()), Some(val(i + 1)));
         }
+    }
+
+    #[test]
+    fn a_map_expecting_more_keys_grows_once() {
+        let mut m = KeyMap::with_capacity(0, 0);
+        // Settled and pending keys before the table grows.
+        for i in 0..40u64 {
+            m.set(&i.to_le_bytes(), val(i + 1));
+        }
+        m.expect(10_000, 80_000);
+        let size = m.slots.len();
+        assert!(size * 3 >= 10_000 * 4);
+        for i in 0..40u64 {
+            assert_eq!(m.get(&i.to_le_bytes()), Some(val(i + 1)));
+        }
+        for i in 40..10_000u64 {
+            m.set(&i.to_le_bytes(), val(i + 1));
+        }
+        assert_eq!(m.slots.len(), size, "no growth for the keys it expected");
+        assert_eq!(m.len(), 10_000);
+        for i in (0..10_000u64).step_by(7) {
+            assert_eq!(m.get(&i.to_le_bytes()), Some(val(i + 1)));
+        }
+        m.expect(10, 10);
+        assert_eq!(m.slots.len(), size, "never shrinks");
     }
 
     #[test]

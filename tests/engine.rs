@@ -351,3 +351,48 @@ fn values_in_sealed_segments_read_through_maps_match_what_was_written() {
     check(&e);
     assert_eq!(e.stats().unwrap().value_cache_bytes, 0);
 }
+
+#[test]
+fn memtables_sized_after_open_and_reused_at_rolls_keep_every_key() {
+    // Tens of thousands of keys in 1 MiB segments: the first memtable after each open is
+    // sized for its segment after its first 4096 keys, later ones come from the spare maps.
+    let tmp = tempfile::tempdir().unwrap();
+    let config = Config {
+        wal: WalConfig {
+            fsync: FsyncPolicy::Never,
+            segment_size_bytes: 1 << 20,
+            ..WalConfig::default()
+        },
+        cache: seglog::CacheConfig { value_cache_mb: 0 },
+    };
+    let mut model = BTreeMap::new();
+    let mut write =
+        |e: &Engine, range: std::ops::Range<u64>, model: &mut BTreeMap<Vec<u8>, Vec<u8>>| {
+            for i in range {
+                // Every fifth write changes a key written before.
+                let k = if i % 5 == 4 { i / 2 } else { i };
+                let key = format!("key-{k:08}").into_bytes();
+                let value = val(i, 24);
+                e.put(&key, &value).unwrap();
+                model.insert(key, value);
+            }
+        };
+    let check = |e: &Engine, model: &BTreeMap<Vec<u8>, Vec<u8>>| {
+        for (k, v) in model {
+            let got = e.get(k).unwrap().map(|(v, _)| v);
+            assert_eq!(got.as_ref(), Some(v), "{}", String::from_utf8_lossy(k));
+        }
+    };
+    let e = Engine::open(tmp.path(), config.clone()).unwrap();
+    write(&e, 0..60_000, &mut model);
+    assert!(e.wal().stats().rolls >= 3, "several rolls");
+    check(&e, &model);
+    e.close().unwrap();
+    let e = Engine::open(tmp.path(), config.clone()).unwrap();
+    check(&e, &model);
+    write(&e, 60_000..80_000, &mut model);
+    check(&e, &model);
+    drop(e);
+    let e = Engine::open(tmp.path(), config).unwrap();
+    check(&e, &model);
+}
