@@ -366,7 +366,7 @@ fn memtables_sized_after_open_and_reused_at_rolls_keep_every_key() {
         cache: seglog::CacheConfig { value_cache_mb: 0 },
     };
     let mut model = BTreeMap::new();
-    let mut write =
+    let write =
         |e: &Engine, range: std::ops::Range<u64>, model: &mut BTreeMap<Vec<u8>, Vec<u8>>| {
             for i in range {
                 // Every fifth write changes a key written before.
