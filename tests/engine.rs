@@ -319,17 +319,22 @@ fn readers_see_consistent_values_while_writers_append_and_segments_roll() {
     assert!(e.wal().stats().last_lsn >= 2000);
 }
 
-#[test]
-fn values_in_sealed_segments_read_through_maps_match_what_was_written() {
-    let tmp = tempfile::tempdir().unwrap();
-    let config = Config {
+/// Fsync `never`, segments of `segment_size_bytes`, no value cache (every get reads the log).
+fn never_uncached(segment_size_bytes: u64) -> Config {
+    Config {
         wal: WalConfig {
             fsync: FsyncPolicy::Never,
-            segment_size_bytes: 8 << 10,
+            segment_size_bytes,
             ..WalConfig::default()
         },
         cache: seglog::CacheConfig { value_cache_mb: 0 },
-    };
+    }
+}
+
+#[test]
+fn values_in_sealed_segments_read_through_maps_match_what_was_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = never_uncached(8 << 10);
     let e = Engine::open(tmp.path(), config.clone()).unwrap();
     for i in 0..600u32 {
         e.put(format!("k{i}").as_bytes(), &val(i as u64, (i % 300) as u16))
@@ -357,14 +362,7 @@ fn memtables_sized_after_open_and_reused_at_rolls_keep_every_key() {
     // Tens of thousands of keys in 1 MiB segments: the first memtable after each open is
     // sized for its segment after its first 4096 keys, later ones come from the spare maps.
     let tmp = tempfile::tempdir().unwrap();
-    let config = Config {
-        wal: WalConfig {
-            fsync: FsyncPolicy::Never,
-            segment_size_bytes: 1 << 20,
-            ..WalConfig::default()
-        },
-        cache: seglog::CacheConfig { value_cache_mb: 0 },
-    };
+    let config = never_uncached(1 << 20);
     let mut model = BTreeMap::new();
     let write =
         |e: &Engine, range: std::ops::Range<u64>, model: &mut BTreeMap<Vec<u8>, Vec<u8>>| {
