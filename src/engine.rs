@@ -7,13 +7,19 @@
 //! cover.
 //!
 //! # Invariants
-//! - One writer at a time decides: conditions are checked, the records are handed to the log
-//!   (LSNs assigned) and the index is updated under the engine's write lock, so a condition can
-//!   never be checked against a state another writer is changing. The wait for durability
-//!   happens after the lock is released, so concurrent writers still share fsyncs (group commit).
-//! - The index reflects every record handed to the log, durable or not yet; a write returns
-//!   under the log's policy (`always`: durable).
+//! - Changes reach the index in LSN order. A write without conditions appends its records and
+//!   queues their changes under the log's append lock, and nothing else (see
+//!   [`crate::unapplied`]); the queue is applied to the index under its write lock, whole.
+//! - A conditional write (or one carrying an epoch, or a fence) holds the index's write lock
+//!   and, inside it, the log's append lock while it applies the queue, checks its conditions
+//!   against that state and appends: no other write can come between its check and its append.
+//! - A read sees every write that returned before it started: it applies the queue first when
+//!   changes are queued (`queued` above `applied`).
+//! - The wait for durability happens after the locks are released, so concurrent writers
+//!   still share fsyncs (group commit). A write returns under the log's policy (`always`:
+//!   durable); the index may show records not yet durable.
 //! - A write from a writer epoch below the log's epoch is refused before anything is written.
+//! - Locks are taken index first, then log; never the other way round.
 //!
 //! Limits: keys up to 65535 bytes; a batch (keys, values and 32 bytes per record) must fit in
 //! one segment minus 104 bytes, else `RecordTooLarge` before anything is written, so nothing is
@@ -29,11 +35,14 @@ use crate::mapped::SealedMaps;
 use crate::record::Op;
 use crate::run::Slot;
 use crate::subscription::{Registry, Subscription};
+use crate::unapplied::{self, Unapplied};
 use crate::Config;
-use parking_lot::{Mutex, RwLock, RwLockUpgradableReadGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use seglog_wal::format::frame_size;
-use seglog_wal::{Durability, Entry, Io, Wal};
+use seglog_wal::{Appended, Durability, Entry, Io, Locked, Wal};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 
 /// What a conditional write expects of its key.
@@ -83,20 +92,34 @@ pub struct EngineStats {
 
 /// A key-value engine over a segmented write-ahead log.
 pub struct Engine {
-    wal: Arc<Wal>,
-    /// The index. Writers hold it as an upgradable read from their checks to their index
-    /// update (one writer at a time, readers alongside) and upgrade it to apply the change.
-    state: Arc<RwLock<Index>>,
+    core: Arc<Core>,
     subscribers: Registry,
     maps: SealedMaps,
     cache: ValueCache,
     report: OpenReport,
-    /// The background threads, nudged at every roll, and their nudge channels, taken on
-    /// close: the checkpointer, and the thread that prepares the next roll's memtable map
-    /// (`index::stock_spare`).
-    background: Mutex<Vec<Background>>,
+    /// The background threads, joined on close: the applier, the checkpointer, and the
+    /// thread that prepares the next roll's memtable map (`index::stock_spare`).
+    background: Mutex<Vec<(&'static str, std::thread::JoinHandle<()>)>>,
     /// Held while index runs are written or merged (shared with the checkpointer thread).
     checkpoint_lock: Arc<Mutex<()>>,
+}
+
+/// What the engine shares with its applier thread.
+struct Core {
+    wal: Arc<Wal>,
+    /// The index. Readers hold it shared; appliers of queued changes, conditional writers and
+    /// the checkpointer's swaps hold it exclusively.
+    state: Arc<RwLock<Index>>,
+    /// LSN of the last change queued (stored under the log's append lock, so it only grows).
+    queued: AtomicU64,
+    /// LSN of the last change applied to the index (stored under its write lock).
+    applied: AtomicU64,
+    /// An applier's buffers, swapped with the queue's (used under the index's write lock).
+    taken: Mutex<Unapplied>,
+    /// Nudged at each roll, emptied on close: the checkpointer and the spare-map thread.
+    on_roll: Mutex<Vec<Sender<Nudge>>>,
+    /// Nudged when changes are queued (see [`unapplied::WAKE`]), emptied on close.
+    applier: Mutex<Option<Sender<Nudge>>>,
 }
 
 /// What [`Engine::open`] did.
@@ -114,14 +137,24 @@ pub struct OpenReport {
 
 enum Nudge {
     SegmentSealed,
+    ChangesQueued,
 }
 
-/// A background thread: its name, its nudge channel and its handle.
-type Background = (
-    &'static str,
-    std::sync::mpsc::Sender<Nudge>,
-    std::thread::JoinHandle<()>,
-);
+/// What the closure of a conditional write decided.
+enum Checked {
+    Appended(Appended),
+    /// A check read a damaged run: repair, then try again.
+    Repair,
+}
+
+/// The change queue in the log's attachment. It is attached when the engine opens, and an
+/// attachment cannot be replaced (`Wal::attach` refuses a second one).
+fn queue<'l>(l: &'l mut Locked<'_, '_>) -> &'l mut Unapplied {
+    match l.attachment::<Unapplied>() {
+        Some(q) => q,
+        None => unreachable!("the engine attaches its change queue to the log when it opens"),
+    }
+}
 
 fn check(key: &[u8], expect: Option<Expect>, current: Option<u64>) -> Result<()> {
     let ok = match expect {
@@ -144,6 +177,149 @@ fn check(key: &[u8], expect: Option<Expect>, current: Option<u64>) -> Result<()>
     })
 }
 
+impl BatchOp<'_> {
+    fn key(&self) -> &[u8] {
+        match *self {
+            BatchOp::Put { key, .. } | BatchOp::Delete { key, .. } => key,
+        }
+    }
+
+    fn expect(&self) -> Option<Expect> {
+        match *self {
+            BatchOp::Put { expect, .. } | BatchOp::Delete { expect, .. } => expect,
+        }
+    }
+}
+
+/// Checks a write's epoch and every condition of `ops` against `st`.
+fn check_all(st: &Index, ops: &[BatchOp<'_>], epoch: Option<u64>) -> Result<()> {
+    if let Some(e) = epoch {
+        if e < st.epoch() {
+            return Err(Error::StaleEpoch {
+                writer: e,
+                log: st.epoch(),
+            });
+        }
+    }
+    for op in ops {
+        if let Some(expect) = op.expect() {
+            check(op.key(), Some(expect), st.get(op.key()).map(|s| s.version))?;
+        }
+    }
+    Ok(())
+}
+
+/// Queues the changes of `ops`, appended as `entries` at `appended`.
+fn queue_changes(
+    q: &mut Unapplied,
+    ops: &[BatchOp<'_>],
+    entries: &[Entry<'_>],
+    appended: &Appended,
+) {
+    let mut location = appended.location;
+    for (i, (op, e)) in ops.iter().zip(entries).enumerate() {
+        let delete = matches!(op, BatchOp::Delete { .. });
+        q.push(op.key(), appended.first_lsn + i as u64, location, delete);
+        location.offset += frame_size(e.key.len(), e.value.len()) as u64;
+    }
+}
+
+impl Core {
+    /// Applies the changes in `q` to the index, in order, and empties `q`. The caller holds
+    /// the index's write lock, and `q` is the queue (under the log's lock) or what an applier
+    /// took from it.
+    fn apply(&self, st: &mut Index, q: &mut Unapplied) {
+        for (key, c) in q.iter() {
+            self.roll(st, c.location.segment);
+            let val = (!c.delete()).then_some(Slot {
+                version: c.lsn,
+                location: c.location,
+            });
+            st.set(key, val);
+        }
+        if let Some(last) = q.last() {
+            st.note_last(last.lsn, last.location);
+            self.applied.store(last.lsn, Ordering::Relaxed);
+        }
+        q.clear();
+    }
+
+    /// Takes the queue (under the log's lock, briefly) and applies it; the caller holds the
+    /// index's write lock. Returns how many changes it applied.
+    fn apply_queued(&self, st: &mut Index) -> usize {
+        let mut taken = self.taken.lock();
+        let swapped: seglog_wal::Result<()> = self.wal.exclusive(|l| {
+            queue(l).swap_changes(&mut taken);
+            Ok(())
+        });
+        // The closure never fails and appends nothing, so `exclusive` has nothing to report.
+        debug_assert!(swapped.is_ok());
+        let n = taken.len();
+        self.apply(st, &mut taken);
+        n
+    }
+
+    /// The applier thread's loop: applies the queue every [`unapplied::PERIOD`] while changes
+    /// come in; once it finds none, it marks the queue idle and sleeps until a writer wakes it.
+    /// Ends when its channel closes.
+    fn run_applier(&self, nudges: &Receiver<Nudge>) {
+        let mut idle = false;
+        loop {
+            let nudged = if idle {
+                nudges.recv().is_ok()
+            } else {
+                !matches!(
+                    nudges.recv_timeout(unapplied::PERIOD),
+                    Err(RecvTimeoutError::Disconnected)
+                )
+            };
+            if !nudged {
+                return;
+            }
+            idle = self.apply_queued(&mut self.state.write()) == 0 && self.mark_idle();
+        }
+    }
+
+    /// Marks the queue idle when it is empty (under the log's lock, so that the next writer
+    /// sees the mark and wakes the applier). Returns whether it did.
+    fn mark_idle(&self) -> bool {
+        let marked: seglog_wal::Result<bool> = self.wal.exclusive(|l| {
+            let q = queue(l);
+            q.applier_idle = q.len() == 0;
+            Ok(q.applier_idle)
+        });
+        // As in `apply_queued`: nothing to report.
+        marked.unwrap_or(false)
+    }
+
+    /// Records landed in `segment`: when that is a new one, the previous one sealed, the
+    /// index freezes its memtable, the checkpointer is nudged to write it as a run, and the
+    /// spare-map thread to prepare the map the next roll takes.
+    fn roll(&self, st: &mut Index, segment: u64) {
+        if st.roll(segment) {
+            for tx in self.on_roll.lock().iter() {
+                // Only a nudge: a send fails only when the thread is gone (closing).
+                let _nudge_only = tx.send(Nudge::SegmentSealed);
+            }
+        }
+    }
+
+    /// The index, shared, with every change queued before the call applied.
+    fn fresh(&self) -> RwLockReadGuard<'_, Index> {
+        let st = self.state.read();
+        if self.queued.load(Ordering::Acquire) <= self.applied.load(Ordering::Relaxed) {
+            return st;
+        }
+        drop(st);
+        let mut st = self.state.write();
+        // Another reader (or the applier) may have applied them meanwhile.
+        if self.queued.load(Ordering::Acquire) > self.applied.load(Ordering::Relaxed) {
+            self.apply_queued(&mut st);
+        }
+        RwLockWriteGuard::downgrade(st)
+    }
+}
+
 impl Engine {
     /// Opens (creating if needed) the engine in `dir`: opens the log and replays it.
     pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Engine> {
@@ -161,6 +337,8 @@ impl Engine {
     fn from_wal(wal: Wal, cache_mb: u64) -> Result<Engine> {
         let wal = Arc::new(wal);
         let (index, loaded) = Index::open(&wal)?;
+        // The applier thread starts idle: the first write wakes it.
+        wal.attach(Box::new(Unapplied::idle()))?;
         let report = OpenReport {
             run_files: loaded.run_files,
             segments_from_checkpoints: loaded.segments_from_runs,
@@ -168,6 +346,11 @@ impl Engine {
             records_replayed: loaded.records_replayed,
         };
         let state = Arc::new(RwLock::new(index));
+        let spawn_failed = |what: &'static str, e| seglog_wal::Error::Io {
+            op: what,
+            path: wal.dir().to_path_buf(),
+            source: e,
+        };
         let (tx, rx) = std::sync::mpsc::channel::<Nudge>();
         let worker_wal = wal.clone();
         let worker_state = state.clone();
@@ -182,38 +365,50 @@ impl Engine {
                 }
                 // Runs replayed at open are written at once; later work comes with each roll.
                 let mut nudged = Ok(Nudge::SegmentSealed);
-                while let Ok(Nudge::SegmentSealed) = nudged {
+                while nudged.is_ok() {
                     if let Err(e) = index::maintain(wal, state, lock) {
                         tracing::warn!(error = %e, "could not write index runs (the index stays in memory; reopening replays those segments)");
                     }
                     nudged = rx.recv();
                 }
             })
-            .map_err(|e| seglog_wal::Error::Io { op: "spawn checkpointer thread", path: wal.dir().to_path_buf(), source: e })?;
+            .map_err(|e| spawn_failed("spawn checkpointer thread", e))?;
         let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Nudge>();
         let spare = state.read().spare();
         let spare_stocker = std::thread::Builder::new()
             .name("seglog-spares".into())
             .spawn(move || {
-                while let Ok(Nudge::SegmentSealed) = spare_rx.recv() {
+                while spare_rx.recv().is_ok() {
                     index::stock_spare(&spare);
                 }
             })
-            .map_err(|e| seglog_wal::Error::Io {
-                op: "spawn spare-map thread",
-                path: wal.dir().to_path_buf(),
-                source: e,
-            })?;
-        Ok(Engine {
-            wal,
+            .map_err(|e| spawn_failed("spawn spare-map thread", e))?;
+        let last = wal.last_lsn();
+        let (applier_tx, applier_rx) = std::sync::mpsc::channel::<Nudge>();
+        let core = Arc::new(Core {
+            wal: wal.clone(),
             state,
+            queued: AtomicU64::new(last),
+            applied: AtomicU64::new(last),
+            taken: Mutex::new(Unapplied::default()),
+            on_roll: Mutex::new(vec![tx, spare_tx]),
+            applier: Mutex::new(Some(applier_tx)),
+        });
+        let applier_core = core.clone();
+        let applier = std::thread::Builder::new()
+            .name("seglog-applier".into())
+            .spawn(move || applier_core.run_applier(&applier_rx))
+            .map_err(|e| spawn_failed("spawn applier thread", e))?;
+        Ok(Engine {
+            core,
             subscribers: Registry::default(),
             maps: SealedMaps::default(),
             cache: ValueCache::new((cache_mb as usize).saturating_mul(1 << 20)),
             report,
             background: Mutex::new(vec![
-                ("checkpointer", tx, checkpointer),
-                ("spare-map", spare_tx, spare_stocker),
+                ("applier", applier),
+                ("checkpointer", checkpointer),
+                ("spare-map", spare_stocker),
             ]),
             checkpoint_lock,
         })
@@ -228,7 +423,9 @@ impl Engine {
     /// merges run files of comparable size. Returns how many run files it wrote. (A background
     /// thread does this after every roll; tests and benchmarks call it to know the work is done.)
     pub fn checkpoint_now(&self) -> Result<usize> {
-        index::maintain(&self.wal, &self.state, &self.checkpoint_lock)
+        // Queued changes may hold a roll: applied, its memtable is frozen and written below.
+        drop(self.core.fresh());
+        index::maintain(&self.core.wal, &self.core.state, &self.checkpoint_lock)
     }
 
     /// Sets `key` to `value`; returns the new version.
@@ -291,66 +488,32 @@ impl Engine {
     /// carry a lower epoch are refused. Fails with `StaleEpoch` when `epoch` is not above the
     /// current one.
     pub fn fence(&self, epoch: u64) -> Result<u64> {
-        let st = self.state.upgradable_read();
-        let current = st.epoch();
-        if epoch <= current {
-            return Err(Error::StaleEpoch {
-                writer: epoch,
-                log: current,
-            });
-        }
+        let core = &*self.core;
         let bytes = epoch.to_le_bytes();
-        let appended = self
-            .wal
-            .submit_batch_located(&[Op::Epoch(epoch).entry(&bytes)])?;
-        {
-            let mut st = RwLockUpgradableReadGuard::upgrade(st);
-            self.roll(&mut st, appended.location.segment);
+        let st = core.state.write();
+        let appended = core.wal.exclusive(move |l| -> Result<Appended> {
+            let mut st = st;
+            core.apply(&mut st, queue(l));
+            let current = st.epoch();
+            if epoch <= current {
+                return Err(Error::StaleEpoch {
+                    writer: epoch,
+                    log: current,
+                });
+            }
+            let appended = l.append(&[Op::Epoch(epoch).entry(&bytes)])?;
+            core.queued.store(appended.last_lsn, Ordering::Release);
+            core.roll(&mut st, appended.location.segment);
             st.fence(epoch);
             st.note_last(appended.last_lsn, appended.location);
-        }
+            core.applied.store(appended.last_lsn, Ordering::Relaxed);
+            Ok(appended)
+        })?;
         self.wait(appended.last_lsn)?;
         Ok(appended.last_lsn)
     }
 
     fn write<'a>(&self, ops: &[BatchOp<'a>], epoch: Option<u64>) -> Result<(u64, u64)> {
-        // One writer at a time, readers alongside: the upgradable read excludes other writers
-        // (and the checkpointer's swaps) from the checks to the index update, so the index
-        // changes in LSN order and the checks still hold when the batch is appended.
-        let st = loop {
-            let st = self.state.upgradable_read();
-            if let Some(e) = epoch {
-                if e < st.epoch() {
-                    return Err(Error::StaleEpoch {
-                        writer: e,
-                        log: st.epoch(),
-                    });
-                }
-            }
-            let mut checked = Ok(());
-            let mut read_index = false;
-            for op in ops {
-                let (key, expect) = match *op {
-                    BatchOp::Put { key, expect, .. } | BatchOp::Delete { key, expect } => {
-                        (key, expect)
-                    }
-                };
-                if expect.is_some() {
-                    read_index = true;
-                    checked = check(key, expect, st.get(key).map(|s| s.version));
-                    if checked.is_err() {
-                        break;
-                    }
-                }
-            }
-            // A check that read a damaged run decided nothing: repair, then check again.
-            if !read_index || !st.damaged() {
-                checked?;
-                break st;
-            }
-            drop(st);
-            self.repair_index()?;
-        };
         let no_epoch = [0u8; 8];
         let to_entry = |op: &BatchOp<'a>| match *op {
             BatchOp::Put { key, value, .. } => Op::Put { key, value }.entry(&no_epoch),
@@ -366,43 +529,84 @@ impl Engine {
             many = ops.iter().map(to_entry).collect();
             &many
         };
-        let appended = self.wal.submit_batch_located(entries)?;
-        {
-            let mut st = RwLockUpgradableReadGuard::upgrade(st);
-            self.roll(&mut st, appended.location.segment);
-            let mut location = appended.location;
-            for (i, (op, e)) in ops.iter().zip(entries).enumerate() {
-                let version = appended.first_lsn + i as u64;
-                if version == appended.last_lsn {
-                    st.note_last(version, location);
-                }
-                match *op {
-                    BatchOp::Put { key, .. } => st.set(key, Some(Slot { version, location })),
-                    BatchOp::Delete { key, .. } => st.set(key, None),
-                }
-                location.offset += frame_size(e.key.len(), e.value.len()) as u64;
-            }
-        }
+        let conditional = epoch.is_some() || ops.iter().any(|op| op.expect().is_some());
+        let appended = if conditional {
+            self.write_checked(ops, entries, epoch)?
+        } else {
+            self.write_queued(ops, entries)?
+        };
         self.wait(appended.last_lsn)?;
         Ok((appended.first_lsn, appended.last_lsn))
     }
 
-    /// Records landed in `segment`: when that is a new one, the previous one sealed, the
-    /// index freezes its memtable, the checkpointer is nudged to write it as a run, and the
-    /// spare-map thread to prepare the map the next roll takes.
-    fn roll(&self, st: &mut Index, segment: u64) {
-        if st.roll(segment) {
-            for (_, tx, _) in self.background.lock().iter() {
+    /// A write without conditions: appended and queued under the log's lock only (see
+    /// [`crate::unapplied`]).
+    fn write_queued(&self, ops: &[BatchOp<'_>], entries: &[Entry<'_>]) -> Result<Appended> {
+        let core = &*self.core;
+        let (appended, wake, full) = core.wal.exclusive(|l| -> Result<_> {
+            let appended = l.append(entries)?;
+            let q = queue(l);
+            let before = q.len();
+            queue_changes(q, ops, entries, &appended);
+            core.queued.store(appended.last_lsn, Ordering::Release);
+            let wake = std::mem::take(&mut q.applier_idle)
+                || (before < unapplied::WAKE && q.len() >= unapplied::WAKE);
+            let full = q.len() >= unapplied::LIMIT || q.key_bytes() >= unapplied::LIMIT_KEY_BYTES;
+            Ok((appended, wake, full))
+        })?;
+        if full {
+            core.apply_queued(&mut core.state.write());
+        } else if wake {
+            if let Some(tx) = &*core.applier.lock() {
                 // Only a nudge: a send fails only when the thread is gone (closing).
-                let _nudge_only = tx.send(Nudge::SegmentSealed);
+                let _nudge_only = tx.send(Nudge::ChangesQueued);
+            }
+        }
+        Ok(appended)
+    }
+
+    /// A write with conditions or an epoch: checked and appended holding the index's write
+    /// lock and the log's, so that no other write comes between the check and the append.
+    fn write_checked(
+        &self,
+        ops: &[BatchOp<'_>],
+        entries: &[Entry<'_>],
+        epoch: Option<u64>,
+    ) -> Result<Appended> {
+        let core = &*self.core;
+        loop {
+            // First under the shared lock: a write that fails its check fails here without
+            // holding anything exclusively, and one that passes finds what it reads in cache
+            // when it checks again below, where every appender waits for it.
+            self.read_index(|st| check_all(st, ops, epoch))??;
+            let st = core.state.write();
+            let checked = core.wal.exclusive(move |l| -> Result<Checked> {
+                let mut st = st;
+                core.apply(&mut st, queue(l));
+                let verdict = check_all(&st, ops, epoch);
+                // A check that read a damaged run decided nothing.
+                if ops.iter().any(|op| op.expect().is_some()) && st.damaged() {
+                    return Ok(Checked::Repair);
+                }
+                verdict?;
+                let appended = l.append(entries)?;
+                let q = queue(l);
+                queue_changes(q, ops, entries, &appended);
+                core.queued.store(appended.last_lsn, Ordering::Release);
+                core.apply(&mut st, q);
+                Ok(Checked::Appended(appended))
+            })?;
+            match checked {
+                Checked::Appended(appended) => return Ok(appended),
+                Checked::Repair => self.repair_index()?,
             }
         }
     }
 
     /// Returns under the log's policy: `always` once `lsn` is durable, else at once.
     fn wait(&self, lsn: u64) -> Result<()> {
-        if self.wal.config().durability() == Durability::Always {
-            self.wal.wait_durable(lsn)?;
+        if self.core.wal.config().durability() == Durability::Always {
+            self.core.wal.wait_durable(lsn)?;
         }
         Ok(())
     }
@@ -416,9 +620,12 @@ impl Engine {
         if let Some(v) = self.cache.get(slot.version) {
             return Ok(Some((v.to_vec(), slot.version)));
         }
-        let r = match self.maps.read(&self.wal, slot.location, slot.version)? {
+        let r = match self
+            .maps
+            .read(&self.core.wal, slot.location, slot.version)?
+        {
             Some(r) => r,
-            None => self.wal.read_record(slot.location, slot.version)?,
+            None => self.core.wal.read_record(slot.location, slot.version)?,
         };
         if r.key != key {
             return Err(Error::Malformed {
@@ -440,13 +647,14 @@ impl Engine {
         self.read_index(|st| st.scan(from, limit))
     }
 
-    /// Runs `f` on the index. When a run it read turned out damaged (a checkpoint block that
+    /// Runs `f` on the index, with every write that returned before the call applied
+    /// (see [`Core::fresh`]). When a run it read turned out damaged (a checkpoint block that
     /// fails its checksum, see [`crate::run`]), what `f` computed is thrown away, the run's
     /// range is replayed in its place, and `f` runs again.
     fn read_index<T>(&self, f: impl Fn(&Index) -> T) -> Result<T> {
         loop {
             {
-                let st = self.state.read();
+                let st = self.core.fresh();
                 let out = f(&st);
                 if !st.damaged() {
                     return Ok(out);
@@ -459,14 +667,14 @@ impl Engine {
     /// Replaces the index runs found damaged by replaying their records.
     fn repair_index(&self) -> Result<()> {
         let _one = self.checkpoint_lock.lock();
-        index::repair_damaged(&self.wal, &self.state).map(|_| ())
+        index::repair_damaged(&self.core.wal, &self.core.state).map(|_| ())
     }
 
     /// Live keys, counted in one pass over every layer of the index (outside its lock), with
     /// the same repair-and-retry as [`Engine::read_index`].
     fn count_live(&self) -> Result<usize> {
         loop {
-            let snapshot = self.state.read().count_snapshot();
+            let snapshot = self.core.fresh().count_snapshot();
             let n = Index::count_live(&snapshot);
             if !Index::snapshot_damaged(&snapshot) {
                 return Ok(n);
@@ -479,7 +687,7 @@ impl Engine {
     pub fn stats(&self) -> Result<EngineStats> {
         let keys = self.count_live()?;
         let (epoch, index) = {
-            let st = self.state.read();
+            let st = self.core.fresh();
             (st.epoch(), st.shape())
         };
         Ok(EngineStats {
@@ -487,7 +695,7 @@ impl Engine {
             epoch,
             value_cache_bytes: self.cache.bytes(),
             index,
-            wal: self.wal.stats(),
+            wal: self.core.wal.stats(),
         })
     }
 
@@ -503,7 +711,8 @@ impl Engine {
 
     /// The log's epoch (0 until the first fence).
     pub fn epoch(&self) -> u64 {
-        self.state.read().epoch()
+        // Epochs are applied by `fence` itself, never queued.
+        self.core.state.read().epoch()
     }
 
     /// Every change from `from_lsn` on (clamped to the oldest LSN held): first those on disk,
@@ -523,7 +732,7 @@ impl Engine {
 
     /// The log below.
     pub fn wal(&self) -> &Wal {
-        &self.wal
+        &self.core.wal
     }
 
     /// Clean shutdown (see [`Wal::close`]).
@@ -531,25 +740,29 @@ impl Engine {
     /// [`crate::index`]), so the next open replays nothing.
     pub fn close(self) -> Result<()> {
         self.stop_background();
-        self.wal.sync()?;
-        if let Err(e) = index::write_at_close(&self.wal, &self.state, &self.checkpoint_lock) {
+        self.core.apply_queued(&mut self.core.state.write());
+        self.core.wal.sync()?;
+        if let Err(e) =
+            index::write_at_close(&self.core.wal, &self.core.state, &self.checkpoint_lock)
+        {
             tracing::warn!(error = %e, "could not write the index at close (the next open replays the active segment)");
         }
-        let wal = self.wal.clone();
-        // Drop joins the checkpointer, the only other owner of the log.
+        let wal = self.core.wal.clone();
+        // The background threads are joined: the engine holds the only other reference.
         drop(self);
         match Arc::try_unwrap(wal) {
             Ok(w) => Ok(w.close()?),
-            // Not reachable while the checkpointer is the only other owner; if it ever were,
+            // Not reachable while the engine is the only other owner; if it ever were,
             // make what was appended durable rather than leave without a word.
             Err(w) => Ok(w.sync().map(|_| ())?),
         }
     }
 
     fn stop_background(&self) {
-        // Dropping the sender ends the thread's receive loop.
-        for (name, tx, handle) in std::mem::take(&mut *self.background.lock()) {
-            drop(tx);
+        // Dropping the senders ends the threads' receive loops.
+        drop(self.core.applier.lock().take());
+        drop(std::mem::take(&mut *self.core.on_roll.lock()));
+        for (name, handle) in std::mem::take(&mut *self.background.lock()) {
             if handle.join().is_err() {
                 tracing::error!(thread = name, "a background thread panicked");
             }

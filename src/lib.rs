@@ -14,6 +14,7 @@ mod mapped;
 pub mod record;
 mod run;
 pub mod subscription;
+mod unapplied;
 
 pub use config::{CacheConfig, Config};
 pub use engine::{BatchOp, Engine, EngineStats, Expect, OpenReport};

@@ -394,3 +394,129 @@ fn memtables_sized_after_open_and_reused_at_rolls_keep_every_key() {
     let e = Engine::open(tmp.path(), config).unwrap();
     check(&e, &model);
 }
+
+/// A read sees every write that returned before it started, while writes that carry no
+/// condition are applied to the index behind the writer's back (by the applier thread, or by
+/// the read itself).
+#[test]
+fn a_read_sees_every_put_that_returned_before_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = Engine::open(tmp.path(), never_uncached(64 << 10)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(Vec<u8>, u64, bool)>();
+    std::thread::scope(|s| {
+        let e = &e;
+        s.spawn(move || {
+            for i in 0..20_000u64 {
+                // `k…` keys are only ever put; `d…` keys are put and then deleted.
+                let k = format!("k{}", i % 300).into_bytes();
+                let lsn = e.put(&k, &i.to_le_bytes()).unwrap();
+                tx.send((k, lsn, true)).unwrap();
+                if i % 7 == 3 {
+                    let d = format!("d{}", i % 50).into_bytes();
+                    e.put(&d, b"doomed").unwrap();
+                    let (_, lsn) = e
+                        .write_batch(
+                            &[BatchOp::Delete {
+                                key: &d,
+                                expect: None,
+                            }],
+                            None,
+                        )
+                        .unwrap();
+                    tx.send((d, lsn, false)).unwrap();
+                }
+            }
+        });
+        s.spawn(move || {
+            for (n, (k, lsn, put)) in rx.into_iter().enumerate() {
+                // The writer runs ahead, so the version read may be newer; never older.
+                let read = match n % 3 {
+                    0 => e.get(&k).unwrap().map(|(_, v)| v),
+                    1 => e.version(&k).unwrap(),
+                    _ => e
+                        .scan(&k, 1)
+                        .unwrap()
+                        .into_iter()
+                        .find(|(key, _)| *key == k)
+                        .map(|(_, v)| v),
+                };
+                match read {
+                    Some(v) => assert!(v >= lsn, "{k:?}: read version {v}, but {lsn} returned"),
+                    None => assert!(!put, "{k:?}: absent after its put at {lsn} returned"),
+                }
+            }
+        });
+    });
+}
+
+/// A conditional write is checked against every write before it in the log: replaying the
+/// log, the key's previous write is exactly the version each successful conditional put
+/// expected, even with unconditional writers changing the same keys concurrently.
+#[test]
+fn conditional_writes_hold_against_concurrent_unconditional_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = Engine::open(tmp.path(), never_uncached(64 << 10)).unwrap();
+    let keys: Vec<Vec<u8>> = (0..4).map(|k| format!("key{k}").into_bytes()).collect();
+    let won = std::sync::Mutex::new(Vec::<(Vec<u8>, Option<u64>, u64)>::new());
+    std::thread::scope(|s| {
+        for w in 0..2u64 {
+            let (e, keys) = (&e, &keys);
+            s.spawn(move || {
+                for i in 0..4000u64 {
+                    let k = &keys[((i + w) % 4) as usize];
+                    if i % 10 == 9 {
+                        e.delete(k).unwrap();
+                    } else {
+                        e.put(k, b"blind").unwrap();
+                    }
+                }
+            });
+        }
+        for w in 0..2u64 {
+            let (e, keys, won) = (&e, &keys, &won);
+            s.spawn(move || {
+                for i in 0..4000u64 {
+                    let k = &keys[((i * 3 + w) % 4) as usize];
+                    let seen = e.version(k).unwrap();
+                    let expect = seen.map_or(Expect::Absent, Expect::Version);
+                    match e.put_if(k, b"checked", expect) {
+                        Ok(lsn) => won.lock().unwrap().push((k.clone(), seen, lsn)),
+                        Err(Error::Conflict { .. }) => {}
+                        Err(other) => panic!("{other}"),
+                    }
+                }
+            });
+        }
+    });
+    let won = won.into_inner().unwrap();
+    assert!(
+        won.len() > 100,
+        "only {} conditional puts succeeded",
+        won.len()
+    );
+    // The log's history: for each write, the LSN of the key's previous write (None when the
+    // key was absent: never written, or last deleted).
+    let mut current: std::collections::HashMap<Vec<u8>, Option<u64>> = Default::default();
+    let mut before: std::collections::HashMap<u64, Option<u64>> = Default::default();
+    for r in e.wal().reader(1) {
+        let r = r.unwrap();
+        match seglog::record::Op::decode(&r).unwrap() {
+            seglog::record::Op::Put { key, .. } => {
+                let prev = current.insert(key.to_vec(), Some(r.lsn)).flatten();
+                before.insert(r.lsn, prev);
+            }
+            seglog::record::Op::Delete { key } => {
+                let prev = current.insert(key.to_vec(), None).flatten();
+                before.insert(r.lsn, prev);
+            }
+            seglog::record::Op::Epoch(_) => {}
+        }
+    }
+    for (k, expected, lsn) in won {
+        assert_eq!(
+            before[&lsn], expected,
+            "{k:?}: put_if at {lsn} expected {expected:?}, but the log says the key was at {:?}",
+            before[&lsn]
+        );
+    }
+}

@@ -126,6 +126,10 @@ pub enum Error {
     #[error("append_batch needs at least one record")]
     EmptyBatch,
 
+    /// [`crate::Wal::attach`] on a log that has an attachment already.
+    #[error("the log already has an attachment")]
+    Attached,
+
     /// The log was closed.
     #[error("the log is closed")]
     Closed,

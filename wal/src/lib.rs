@@ -37,4 +37,4 @@ pub use error::{Error, Result};
 pub use format::{Entry, Location, Record};
 pub use io::{Io, IoFile, StdIo};
 pub use reader::{RecordRef, TailState, WalReader};
-pub use writer::{Appended, RecoveryReport, SealedSegment, TornTail, Wal, WalStats};
+pub use writer::{Appended, Locked, RecoveryReport, SealedSegment, TornTail, Wal, WalStats};

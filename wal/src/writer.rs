@@ -30,6 +30,7 @@ use crate::format::{
 use crate::io::{create_dir_durable, DirLock, Io, IoFile, LockOutcome};
 use crate::reader::{self, LiveLimit, LiveSource, TailState, WalReader};
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+use std::any::Any;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -68,6 +69,33 @@ pub struct Appended {
     pub last_lsn: u64,
     /// Where its first frame is; the others follow contiguously.
     pub location: Location,
+}
+
+/// The log's append lock, held for [`Wal::exclusive`].
+pub struct Locked<'w, 'g> {
+    shared: &'w Shared,
+    guard: &'g mut MutexGuard<'w, State>,
+    /// First and last LSN appended under this lock hold.
+    appended: Option<(u64, u64)>,
+}
+
+impl Locked<'_, '_> {
+    /// Appends `entries` as one atomic batch, as [`Wal::submit_batch_located`] does.
+    pub fn append(&mut self, entries: &[Entry<'_>]) -> Result<Appended> {
+        let (first, last, location) = self.shared.encode(self.guard, entries)?;
+        let first_of_hold = self.appended.map_or(first, |(f, _)| f);
+        self.appended = Some((first_of_hold, last));
+        Ok(Appended {
+            first_lsn: first,
+            last_lsn: last,
+            location,
+        })
+    }
+
+    /// The attachment (see [`Wal::attach`]), when there is one of type `A`.
+    pub fn attachment<A: Any>(&mut self) -> Option<&mut A> {
+        self.guard.attachment.as_mut()?.downcast_mut::<A>()
+    }
 }
 
 /// What recovery did when the log was opened.
@@ -168,6 +196,8 @@ struct State {
     /// path already holds the mutex).
     appends: u64,
     bytes_appended: u64,
+    /// The caller's state kept under this mutex (see [`Wal::attach`]).
+    attachment: Option<Box<dyn Any + Send>>,
 }
 
 #[derive(Default)]
@@ -301,6 +331,7 @@ impl Wal {
             closed: false,
             appends: 0,
             bytes_appended: 0,
+            attachment: None,
         };
         let shared = Arc::new(Shared {
             dir: dir.clone(),
@@ -395,6 +426,58 @@ impl Wal {
     /// [`format::frame_size`] bytes long, in the same segment.
     pub fn submit_batch_located(&self, entries: &[Entry<'_>]) -> Result<Appended> {
         self.write_located(entries, false)
+    }
+
+    /// Keeps `attachment` under the log's append lock, for [`Wal::exclusive`]: state of the
+    /// caller's that changes together with appends (so in LSN order), such as the changes a
+    /// keyed store has appended and not yet applied to its index. One per log: fails with
+    /// [`Error::Attached`] when there is one already.
+    pub fn attach(&self, attachment: Box<dyn Any + Send>) -> Result<()> {
+        let mut g = self.shared.state.lock();
+        if g.attachment.is_some() {
+            return Err(Error::Attached);
+        }
+        g.attachment = Some(attachment);
+        Ok(())
+    }
+
+    /// Runs `f` holding the log's append lock: what `f` appends through [`Locked::append`] and
+    /// what it changes in the attachment ([`Locked::attachment`]) happen together, ordered
+    /// with every other append. Buffered records are written out afterwards as after
+    /// [`Wal::submit_batch_located`] (nothing waits for durability). An error `f` returns
+    /// after appending does not undo the append.
+    ///
+    /// `f` should be short: every appender waits for it. It must not call back into this log
+    /// (the lock is not reentrant).
+    pub fn exclusive<T, E: From<Error>>(
+        &self,
+        f: impl FnOnce(&mut Locked<'_, '_>) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let s = &*self.shared;
+        let mut g = s.state.lock();
+        let mut locked = Locked {
+            shared: s,
+            guard: &mut g,
+            appended: None,
+        };
+        let out = f(&mut locked)?;
+        let Some((first, last)) = locked.appended else {
+            return Ok(out);
+        };
+        if g.pending.len() < WRITE_BUFFER_BYTES {
+            return Ok(out);
+        }
+        match s.drive(&mut g, last, Need::Written) {
+            Ok(()) => Ok(out),
+            // Encoded, so possibly written: not a refusal.
+            Err(Error::Poisoned { cause }) => Err(Error::Unacknowledged {
+                first_lsn: first,
+                last_lsn: last,
+                cause,
+            }
+            .into()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn write_located(&self, entries: &[Entry<'_>], wait: bool) -> Result<Appended> {

@@ -518,3 +518,46 @@ fn tailing_reader_rereads_bytes_it_buffered_before_they_were_written() {
         });
     }
 }
+
+/// `exclusive` runs its closure under the append lock: what it appends and what it records in
+/// the attachment agree, an error before appending appends nothing, and a log has at most one
+/// attachment.
+#[test]
+fn exclusive_appends_and_its_attachment_change_together() {
+    for env in backends() {
+        let dir = env.dir.join("exclusive");
+        let wal =
+            Wal::open_with_io(env.io.clone(), &dir, config(FsyncPolicy::Never, 8192)).unwrap();
+        wal.attach(Box::new(Vec::<u64>::new())).unwrap();
+        assert!(matches!(wal.attach(Box::new(0u8)), Err(Error::Attached)));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for i in 0..200u64 {
+                        let v = value(i, 40);
+                        wal.exclusive(|l| -> Result<(), Error> {
+                            let a = l.append(&[entry(&v)])?;
+                            l.attachment::<Vec<u64>>().unwrap().push(a.last_lsn);
+                            Ok(())
+                        })
+                        .unwrap();
+                    }
+                });
+            }
+        });
+        let refused: Result<(), Error> = wal.exclusive(|l| {
+            assert!(l.attachment::<u8>().is_none(), "[{}] wrong type", env.name);
+            Err(Error::EmptyBatch)
+        });
+        assert!(matches!(refused, Err(Error::EmptyBatch)));
+        // Recorded in LSN order, every append once, and nothing appended by the refused call.
+        let recorded = wal
+            .exclusive(|l| -> Result<Vec<u64>, Error> {
+                Ok(l.attachment::<Vec<u64>>().unwrap().clone())
+            })
+            .unwrap();
+        assert_eq!(recorded, (1..=800).collect::<Vec<u64>>(), "[{}]", env.name);
+        assert_eq!(wal.last_lsn(), 800, "[{}]", env.name);
+        wal.close().unwrap();
+    }
+}
