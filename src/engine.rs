@@ -490,7 +490,9 @@ impl Engine {
     pub fn fence(&self, epoch: u64) -> Result<u64> {
         let core = &*self.core;
         let bytes = epoch.to_le_bytes();
-        let st = core.state.write();
+        let mut st = core.state.write();
+        // As in `write_checked`: most of the queue outside the log's lock.
+        core.apply_queued(&mut st);
         let appended = core.wal.exclusive(move |l| -> Result<Appended> {
             let mut st = st;
             core.apply(&mut st, queue(l));
@@ -579,7 +581,10 @@ impl Engine {
             // holding anything exclusively, and one that passes finds what it reads in cache
             // when it checks again below, where every appender waits for it.
             self.read_index(|st| check_all(st, ops, epoch))??;
-            let st = core.state.write();
+            let mut st = core.state.write();
+            // Most of the queue is applied here, holding the log's lock only for the swap;
+            // below, under it, only what came in since.
+            core.apply_queued(&mut st);
             let checked = core.wal.exclusive(move |l| -> Result<Checked> {
                 let mut st = st;
                 core.apply(&mut st, queue(l));
