@@ -545,7 +545,7 @@ impl Engine {
     /// [`crate::unapplied`]).
     fn write_queued(&self, ops: &[BatchOp<'_>], entries: &[Entry<'_>]) -> Result<Appended> {
         let core = &*self.core;
-        let (appended, wake, full) = core.wal.exclusive(|l| -> Result<_> {
+        let queued = core.wal.exclusive(|l| -> Result<_> {
             let appended = l.append(entries)?;
             let q = queue(l);
             let before = q.len();
@@ -555,16 +555,29 @@ impl Engine {
                 || (before < unapplied::WAKE && q.len() >= unapplied::WAKE);
             let full = q.len() >= unapplied::LIMIT || q.key_bytes() >= unapplied::LIMIT_KEY_BYTES;
             Ok((appended, wake, full))
-        })?;
+        });
+        let (appended, wake, full) = match queued {
+            Ok(q) => q,
+            Err(e) => {
+                // The closure may have queued the change and taken the idle mark before the
+                // log failed to write it out: wake the applier rather than leave it asleep.
+                self.wake_applier();
+                return Err(e);
+            }
+        };
         if full {
             core.apply_queued(&mut core.state.write());
         } else if wake {
-            if let Some(tx) = &*core.applier.lock() {
-                // Only a nudge: a send fails only when the thread is gone (closing).
-                let _nudge_only = tx.send(Nudge::ChangesQueued);
-            }
+            self.wake_applier();
         }
         Ok(appended)
+    }
+
+    fn wake_applier(&self) {
+        if let Some(tx) = &*self.core.applier.lock() {
+            // Only a nudge: a send fails only when the thread is gone (closing).
+            let _nudge_only = tx.send(Nudge::ChangesQueued);
+        }
     }
 
     /// A write with conditions or an epoch: checked and appended holding the index's write

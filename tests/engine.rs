@@ -498,6 +498,8 @@ fn conditional_writes_hold_against_concurrent_unconditional_ones() {
     // key was absent: never written, or last deleted).
     let mut current: std::collections::HashMap<Vec<u8>, Option<u64>> = Default::default();
     let mut before: std::collections::HashMap<u64, Option<u64>> = Default::default();
+    // A reader reads what the log has written out: the tail still buffered first.
+    e.wal().flush().unwrap();
     for r in e.wal().reader(1) {
         let r = r.unwrap();
         match seglog::record::Op::decode(&r).unwrap() {
@@ -512,6 +514,11 @@ fn conditional_writes_hold_against_concurrent_unconditional_ones() {
             seglog::record::Op::Epoch(_) => {}
         }
     }
+    assert_eq!(
+        before.len() as u64,
+        e.wal().last_lsn(),
+        "the replay read the whole log"
+    );
     for (k, expected, lsn) in won {
         assert_eq!(
             before[&lsn], expected,
