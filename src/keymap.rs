@@ -408,6 +408,36 @@ impl KeyMap {
         let e = &self.entries[n as usize];
         (self.key_of(e), e.val())
     }
+
+    /// The entries numbered by `order` (numbers from [`KeyMap::sorted`]), in that order.
+    ///
+    /// In key order the entries and their keys are visited at random, two cache misses
+    /// each in a map larger than the caches: each step asks for the entry and the key of
+    /// those a few places ahead, so the misses overlap (building a segment's run of 262k
+    /// entries went from 45 ms to 32-38 ms).
+    pub(crate) fn in_order<'a>(
+        &'a self,
+        order: &'a [u32],
+    ) -> impl Iterator<Item = (&'a [u8], Val)> + 'a {
+        const AHEAD: usize = 8;
+        order.iter().enumerate().map(move |(i, &n)| {
+            if let Some(e) = order
+                .get(i + 2 * AHEAD)
+                .and_then(|&m| self.entries.get(m as usize))
+            {
+                crate::mapped::prefetch(e);
+            }
+            if let Some(e) = order
+                .get(i + AHEAD)
+                .and_then(|&m| self.entries.get(m as usize))
+            {
+                if let Some(k) = self.keys.get(e.start as usize) {
+                    crate::mapped::prefetch(k);
+                }
+            }
+            self.at(n)
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Read-only memory maps of sealed segments. Every `unsafe` of the engine is in this module
-//! (the maps, and two hints at the end: a cache prefetch and a huge-page request).
+//! (the maps, and hints at the end: cache prefetches, a huge-page request and a thread's CPU
+//! priority).
 //!
 //! # Why the maps are sound
 //! `memmap2::Mmap::map` is unsafe because the bytes behind a map can change, or vanish (a
@@ -164,4 +165,21 @@ pub(crate) fn advise_huge_pages<T>(v: &Vec<T>) {
     unsafe {
         libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
     }
+}
+
+/// Lowers the calling thread's CPU priority to `nice` (a hint to the scheduler: what the
+/// thread computes is unchanged). For background work that must not take the foreground's
+/// core: on Linux a nice value set with `setpriority` on a thread id applies to that thread
+/// only. Elsewhere, or when refused, the thread keeps its priority.
+pub(crate) fn lower_thread_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: `gettid` and `setpriority` take and return plain integers and touch no memory of
+    // the process; raising one's own nice value needs no privilege, and a failure is harmless
+    // (reported in the return value, ignored: the thread then runs at its old priority).
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
