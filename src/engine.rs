@@ -52,7 +52,8 @@ use std::sync::Arc;
 /// with 3 M puts of 200 B values alone under `never`, the writer waited 80 to 200 ms for its
 /// core and a put cost 1.25 times a raw append; at nice 19, 35 to 50 ms and 1.18 times (1.09
 /// times with no checkpoints at all). It still gets a whole idle core, and if starved its work
-/// only waits: frozen memtables stay in memory until written (`IndexShape::memtable_entries`).
+/// waits: frozen memtables stay in memory until written (`IndexShape::memtable_entries`), and
+/// past `MAX_FROZEN_MEMTABLES` of them writers wait for it (`index::Backlog`).
 const CHECKPOINTER_NICE: i32 = 19;
 
 /// What a conditional write expects of its key.
@@ -130,6 +131,8 @@ struct Core {
     on_roll: Mutex<Vec<Sender<Nudge>>>,
     /// Nudged when changes are queued (see [`unapplied::WAKE`]), emptied on close.
     applier: Mutex<Option<Sender<Nudge>>>,
+    /// The frozen memtables waiting to be written: writers wait while there are too many.
+    backlog: Arc<index::Backlog>,
 }
 
 /// What [`Engine::open`] did.
@@ -366,6 +369,7 @@ impl Engine {
         let worker_state = state.clone();
         let checkpoint_lock = Arc::new(Mutex::new(()));
         let worker_lock = checkpoint_lock.clone();
+        let backlog = state.read().backlog();
         let checkpointer = std::thread::Builder::new()
             .name("seglog-checkpointer".into())
             .spawn(move || {
@@ -374,17 +378,23 @@ impl Engine {
                 // at the same priority it took their core whenever the other one was busy
                 // (see `CHECKPOINTER_NICE`).
                 crate::mapped::lower_thread_priority(CHECKPOINTER_NICE);
+                crate::run::reuse_buffers_on_this_thread();
                 if let Err(e) = index::remove_unused(wal, state, lock) {
                     tracing::warn!(error = %e, "could not clean the index directory");
                 }
                 // Runs replayed at open are written at once; later work comes with each roll.
                 let mut nudged = Ok(Nudge::SegmentSealed);
+                backlog.set_writing(true);
                 while nudged.is_ok() {
-                    if let Err(e) = index::maintain(wal, state, lock) {
+                    let round = index::maintain(wal, state, lock);
+                    // Writers wait for room only while rounds succeed (see `index::Backlog`).
+                    backlog.set_writing(round.is_ok());
+                    if let Err(e) = round {
                         tracing::warn!(error = %e, "could not write index runs (the index stays in memory; reopening replays those segments)");
                     }
                     nudged = rx.recv();
                 }
+                backlog.set_writing(false);
             })
             .map_err(|e| spawn_failed("spawn checkpointer thread", e))?;
         let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Nudge>();
@@ -397,6 +407,7 @@ impl Engine {
                 }
             })
             .map_err(|e| spawn_failed("spawn spare-map thread", e))?;
+        let state_backlog = state.read().backlog();
         let last = wal.last_lsn();
         let (applier_tx, applier_rx) = std::sync::mpsc::channel::<Nudge>();
         let core = Arc::new(Core {
@@ -407,6 +418,7 @@ impl Engine {
             taken: Mutex::new(Unapplied::default()),
             on_roll: Mutex::new(vec![tx, spare_tx]),
             applier: Mutex::new(Some(applier_tx)),
+            backlog: state_backlog,
         });
         let applier_core = core.clone();
         let applier = std::thread::Builder::new()
@@ -530,6 +542,14 @@ impl Engine {
     }
 
     fn write<'a>(&self, ops: &[BatchOp<'a>], epoch: Option<u64>) -> Result<(u64, u64)> {
+        // Bounded memory: too many frozen memtables waiting to be written hold writers here,
+        // before they take any lock (see `index::Backlog`).
+        self.core.backlog.wait_for_room(|| {
+            for tx in self.core.on_roll.lock().iter() {
+                // Only a nudge: a send fails only when the thread is gone (closing).
+                let _nudge_only = tx.send(Nudge::SegmentSealed);
+            }
+        });
         let no_epoch = [0u8; 8];
         let to_entry = |op: &BatchOp<'a>| match *op {
             BatchOp::Put { key, value, .. } => Op::Put { key, value }.entry(&no_epoch),

@@ -121,9 +121,28 @@ pub(crate) fn err(what: &str, e: impl std::fmt::Display) -> Failure {
 
 /// Drops the page cache (root only). Returns whether it did.
 pub fn drop_caches() -> bool {
+    sync_disks();
+    fs::write("/proc/sys/vm/drop_caches", b"3\n").is_ok()
+}
+
+/// Writes every dirty page of the machine back, so that a timed block does not pay for the
+/// writeback of the one before.
+pub fn sync_disks() {
     // SAFETY: sync() takes no arguments and cannot fail.
     unsafe { libc::sync() };
-    fs::write("/proc/sys/vm/drop_caches", b"3\n").is_ok()
+}
+
+/// Touches `bytes` of fresh memory, then frees it. A virtual machine may hand freed memory
+/// back to its host (free page reporting), and the guest's next use of it then faults on
+/// the host: a block of puts that happened to get such memory for its page cache ran up to
+/// twice as slow, whichever side it timed. Done before each timed block, so that both sides
+/// start from memory the host backs.
+pub fn prefault_memory(bytes: usize) {
+    let mut v = vec![0u8; bytes];
+    for b in v.iter_mut().step_by(4096) {
+        *b = 1;
+    }
+    std::hint::black_box(&v);
 }
 
 /// `pwrite` + `fdatasync` of `size` bytes, `iters` times, into an already written file.
