@@ -310,10 +310,15 @@ impl Core {
     /// spare-map thread to prepare the map the next roll takes.
     fn roll(&self, st: &mut Index, segment: u64) {
         if st.roll(segment) {
-            for tx in self.on_roll.lock().iter() {
-                // Only a nudge: a send fails only when the thread is gone (closing).
-                let _nudge_only = tx.send(Nudge::SegmentSealed);
-            }
+            self.nudge_background();
+        }
+    }
+
+    /// Wakes the checkpointer and the spare-map thread.
+    fn nudge_background(&self) {
+        for tx in self.on_roll.lock().iter() {
+            // Only a nudge: a send fails only when the thread is gone (closing).
+            let _nudge_only = tx.send(Nudge::SegmentSealed);
         }
     }
 
@@ -382,9 +387,10 @@ impl Engine {
                 if let Err(e) = index::remove_unused(wal, state, lock) {
                     tracing::warn!(error = %e, "could not clean the index directory");
                 }
+                // Cleared however this thread ends (see `index::Backlog`).
+                let _writing = backlog.writing_until_dropped();
                 // Runs replayed at open are written at once; later work comes with each roll.
                 let mut nudged = Ok(Nudge::SegmentSealed);
-                backlog.set_writing(true);
                 while nudged.is_ok() {
                     let round = index::maintain(wal, state, lock);
                     // Writers wait for room only while rounds succeed (see `index::Backlog`).
@@ -394,7 +400,6 @@ impl Engine {
                     }
                     nudged = rx.recv();
                 }
-                backlog.set_writing(false);
             })
             .map_err(|e| spawn_failed("spawn checkpointer thread", e))?;
         let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Nudge>();
@@ -513,6 +518,10 @@ impl Engine {
     /// Raises the log's epoch to `epoch` (an epoch record in the log); from then on writes that
     /// carry a lower epoch are refused. Fails with `StaleEpoch` when `epoch` is not above the
     /// current one.
+    ///
+    /// Unlike puts and deletes, a fence never waits for the checkpointer to catch up (see
+    /// [`MAX_FROZEN_MEMTABLES`](crate::MAX_FROZEN_MEMTABLES)): it is one small record, and a
+    /// new primary fencing off an old one should not wait behind index writes.
     pub fn fence(&self, epoch: u64) -> Result<u64> {
         let core = &*self.core;
         let bytes = epoch.to_le_bytes();
@@ -544,12 +553,9 @@ impl Engine {
     fn write<'a>(&self, ops: &[BatchOp<'a>], epoch: Option<u64>) -> Result<(u64, u64)> {
         // Bounded memory: too many frozen memtables waiting to be written hold writers here,
         // before they take any lock (see `index::Backlog`).
-        self.core.backlog.wait_for_room(|| {
-            for tx in self.core.on_roll.lock().iter() {
-                // Only a nudge: a send fails only when the thread is gone (closing).
-                let _nudge_only = tx.send(Nudge::SegmentSealed);
-            }
-        });
+        self.core
+            .backlog
+            .wait_for_room(|| self.core.nudge_background());
         let no_epoch = [0u8; 8];
         let to_entry = |op: &BatchOp<'a>| match *op {
             BatchOp::Put { key, value, .. } => Op::Put { key, value }.entry(&no_epoch),

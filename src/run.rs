@@ -725,9 +725,11 @@ impl Run {
 
     /// The key of entry `i` (empty when malformed or damaged).
     pub(crate) fn key(&self, i: usize) -> &[u8] {
-        let Some(e) = self.entry(i) else {
-            return &[];
-        };
+        self.entry(i).map_or(&[], |e| self.key_of(e))
+    }
+
+    /// The key the entry bytes `e` point to (empty when malformed or damaged).
+    fn key_of(&self, e: &[u8]) -> &[u8] {
         let off = u64_at(e, 0).and_then(|o| usize::try_from(o).ok());
         let len = usize::from(u16::from_le_bytes([e[28], e[29]]));
         match off {
@@ -740,17 +742,7 @@ impl Run {
 
     /// The change of entry `i`.
     pub(crate) fn val(&self, i: usize) -> Val {
-        let e = self.entry(i)?;
-        if e[30] != TAG_LIVE {
-            return None;
-        }
-        Some(Slot {
-            version: u64_at(e, 8)?,
-            location: Location {
-                segment: u64_at(e, 16)?,
-                offset: u64::from(u32_at(e, 24)?),
-            },
-        })
+        val_of(self.entry(i)?)
     }
 
     /// True when entry `i` is a tombstone.
@@ -799,20 +791,29 @@ impl Run {
         }
     }
 
-    /// Entries from the first key at least `from`, in order.
+    /// Entries from the first key at least `from`, in order. (Each entry's bytes are checked
+    /// and read once: merges walk every entry of their inputs.)
     pub(crate) fn iter_from<'a>(&'a self, from: &[u8]) -> impl Iterator<Item = (&'a [u8], Val)> {
         let start = self.lower_bound(from);
-        (start..self.count).map(move |i| {
-            (
-                self.key(i),
-                if self.is_tombstone(i) {
-                    None
-                } else {
-                    self.val(i)
-                },
-            )
+        (start..self.count).map(move |i| match self.entry(i) {
+            Some(e) => (self.key_of(e), val_of(e)),
+            None => (&[][..], None),
         })
     }
+}
+
+/// The change the entry bytes `e` hold: `None` for a tombstone (or a malformed entry).
+fn val_of(e: &[u8]) -> Val {
+    if e.get(30) != Some(&TAG_LIVE) {
+        return None;
+    }
+    Some(Slot {
+        version: u64_at(e, 8)?,
+        location: Location {
+            segment: u64_at(e, 16)?,
+            offset: u64::from(u32_at(e, 24)?),
+        },
+    })
 }
 
 #[cfg(test)]
