@@ -321,39 +321,59 @@ impl Layer {
 /// Visits each key once, in order, with the state of the first (newest) source that holds it;
 /// stops when `f` returns false.
 ///
-/// Each step compares every head with the smallest key so far once, and remembers which heads
-/// hold it: the checkpointer merges runs of hundreds of thousands of keys, and comparing each
-/// head a second time (to find the heads to advance) made key comparisons about a third of its
-/// time.
+/// A tournament over the sources' heads: each node of a complete binary tree holds the source
+/// whose head wins below it (smallest key; on equal keys the newer source), so after a source
+/// advances only the matches on its path to the root are played again: log2 of the number of
+/// sources comparisons a key instead of one a source (2 instead of 4 for a merge of four run
+/// files, 5 instead of 24 for a scan over 24). Walking four runs of 262k keys took 25 ns a
+/// key, from 30 (with `Run::iter_from`'s cursor; a whole merge, writing its run included, about
+/// 50 ns either way: writing the run dominates).
 fn merge<'a>(mut sources: Vec<Entries<'a>>, mut f: impl FnMut(&'a [u8], Val) -> bool) {
+    let n = sources.len();
+    if n == 0 {
+        return;
+    }
+    let leaves = n.next_power_of_two();
     let mut heads: Vec<Option<(&'a [u8], Val)>> = sources.iter_mut().map(|s| s.next()).collect();
-    // The sources whose head holds the smallest key, newest first.
-    let mut holders: Vec<usize> = Vec::with_capacity(heads.len());
+    heads.resize(leaves, None);
+    // Whether source `a`'s head goes before source `b`'s (an exhausted source goes last).
+    let before = |heads: &[Option<(&'a [u8], Val)>], a: usize, b: usize| match (heads[a], heads[b])
+    {
+        (Some((ka, _)), Some((kb, _))) => match ka.cmp(kb) {
+            std::cmp::Ordering::Equal => a < b,
+            o => o == std::cmp::Ordering::Less,
+        },
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    // tree[1] is the root, tree[leaves + i] the leaf of source i.
+    let mut tree = vec![0usize; 2 * leaves];
+    for (i, t) in tree[leaves..].iter_mut().enumerate() {
+        *t = i;
+    }
+    for node in (1..leaves).rev() {
+        let (a, b) = (tree[2 * node], tree[2 * node + 1]);
+        tree[node] = if before(&heads, a, b) { a } else { b };
+    }
+    let mut last: Option<&'a [u8]> = None;
     loop {
-        holders.clear();
-        let mut best: Option<(&'a [u8], Val)> = None;
-        for (i, h) in heads.iter().enumerate() {
-            let Some((k, v)) = *h else { continue };
-            let order = best.map_or(std::cmp::Ordering::Less, |(b, _)| k.cmp(b));
-            match order {
-                std::cmp::Ordering::Less => {
-                    best = Some((k, v));
-                    holders.clear();
-                    holders.push(i);
-                }
-                // On equal keys the newer (earlier) source's state stands.
-                std::cmp::Ordering::Equal => holders.push(i),
-                std::cmp::Ordering::Greater => {}
-            }
-        }
-        let Some((key, val)) = best else {
+        let w = tree[1];
+        let Some((key, val)) = heads[w] else {
             return;
         };
-        for &i in &holders {
-            heads[i] = sources[i].next();
+        // The first of equal keys to win is the newest source's: older ones are skipped.
+        if last != Some(key) {
+            if !f(key, val) {
+                return;
+            }
+            last = Some(key);
         }
-        if !f(key, val) {
-            return;
+        heads[w] = sources[w].next();
+        let mut node = (leaves + w) / 2;
+        while node >= 1 {
+            let (a, b) = (tree[2 * node], tree[2 * node + 1]);
+            tree[node] = if before(&heads, a, b) { a } else { b };
+            node /= 2;
         }
     }
 }
