@@ -879,10 +879,15 @@ fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32, bufs: &mut ReplayBuffer
         epoch,
         end: (chain_crc == 0).then_some(last_at),
     };
-    let bytes = b.finish(meta);
+    let bytes = b.finish(meta).ok_or_else(unfit)?;
     let run = Run::parse(Backing::Heap(bytes), None, true)
         .ok_or_else(|| crate::Error::Index("a run built by replay does not parse".into()))?;
     Ok((Some(run), n))
+}
+
+/// The error for a change that does not fit a run entry (see [`RunBuilder::finish`]).
+fn unfit() -> crate::Error {
+    crate::Error::Index("a change does not fit an index run entry".into())
 }
 
 /// Writes `bytes` as the run file for `meta` durably and returns it, mapped.
@@ -973,7 +978,8 @@ fn replace(
             newest.last_lsn()
         )));
     }
-    let run = Layer::Run(Arc::new(write_run(wal, meta, b.finish(meta))?));
+    let bytes = b.finish(meta).ok_or_else(unfit)?;
+    let run = Layer::Run(Arc::new(write_run(wal, meta, bytes)?));
     {
         let mut idx = state.write();
         let Some(at) = idx.layers.iter().position(|l| l.same(newest)) else {

@@ -10,16 +10,18 @@
 //! ```text
 //! header (80 bytes, little-endian)
 //!  0 [u8; 8] magic "seglogRN"          32 u64 epoch: highest epoch fenced in the range (0: none)
-//!  8 u16     version = 2               40 u64 entry count n
+//!  8 u16     version = 3               40 u64 entry count n
 //! 10 u16     reserved = 0              48 u64 key heap bytes
 //! 12 u32     chain_crc at last_lsn     56 u64 bloom blocks b (64 bytes each)
 //! 16 u64     first_lsn                 64 u64 segment of the record last_lsn   } both 0 when the
 //! 24 u64     last_lsn                  72 u64 offset of the record last_lsn    } range ends a
 //!                                                                                sealed segment
-//! entries (n x 32 bytes, ascending by key, each key once)
-//!  0 u64 key offset in the key heap    24 u32 frame offset in the segment (segments <= 1 GiB)
-//!  8 u64 version (LSN of the change)   28 u16 key length
-//! 16 u64 segment (its first LSN)       30 u8  1 = live, 2 = tombstone;  31 u8 reserved = 0
+//! entries (n x 24 bytes, ascending by key, each key once)
+//!  0 u40 key offset in the key heap    16 u32 version - segment: the record's segment is
+//!  5 u16 key length                           named by its first LSN, and holds fewer than
+//!  7 u8  1 = live, 2 = tombstone              2^32 records (segments <= 1 GiB)
+//!  8 u64 version (LSN of the change)   20 u32 frame offset in the segment
+//!  (a tombstone's version, segment and offset are 0)
 //! key heap (the keys, concatenated)
 //! bloom filter (b blocks of 512 bits; 6 bits a key, all in the block the key's hash picks)
 //! block checksums (c = ceil(B / 4096) x u32): the CRC-32C of each 4096-byte block of the B
@@ -55,9 +57,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const MAGIC: [u8; 8] = *b"seglogRN";
-const VERSION: u16 = 2;
+const VERSION: u16 = 3;
 const HEADER_LEN: usize = 80;
-const ENTRY_LEN: usize = 32;
+const ENTRY_LEN: usize = 24;
+/// Key heaps are addressed with 40 bits (1 TiB).
+const MAX_KEY_HEAP: usize = 1 << 40;
 const BLOCK_BYTES: usize = 64;
 const BLOOM_BITS_PER_KEY: usize = 10;
 const BLOOM_PROBES: u32 = 6;
@@ -356,6 +360,8 @@ pub(crate) struct RunBuilder {
     /// Key bytes pushed.
     key_len: usize,
     hashes: Vec<u64>,
+    /// Set when a pushed change did not fit an entry (see [`RunBuilder::finish`]).
+    unfit: bool,
 }
 
 /// The header fields a finished run carries.
@@ -409,6 +415,7 @@ impl RunBuilder {
             n: 0,
             key_len: 0,
             hashes,
+            unfit: false,
         }
     }
 
@@ -433,24 +440,30 @@ impl RunBuilder {
                 .copy_within(from..from + self.key_len, from + more * ENTRY_LEN);
             self.room += more;
         }
-        let (tag, slot) = match val {
-            Some(s) => (TAG_LIVE, s),
-            None => (
-                TAG_DEAD,
-                Slot {
-                    version: 0,
-                    location: Location::default(),
-                },
-            ),
-        };
         let mut e = [0u8; ENTRY_LEN];
         e[0..8].copy_from_slice(&(self.key_len as u64).to_le_bytes());
-        e[8..16].copy_from_slice(&slot.version.to_le_bytes());
-        e[16..24].copy_from_slice(&slot.location.segment.to_le_bytes());
-        // Segments are at most 1 GiB (`MAX_SEGMENT_SIZE`), so a frame offset fits 32 bits.
-        e[24..28].copy_from_slice(&(slot.location.offset as u32).to_le_bytes());
-        e[28..30].copy_from_slice(&(key.len() as u16).to_le_bytes());
-        e[30] = tag;
+        e[5..7].copy_from_slice(&(key.len() as u16).to_le_bytes());
+        e[7] = TAG_DEAD;
+        if let Some(slot) = val {
+            // A segment holds fewer than 2^32 records and at most 1 GiB (`MAX_SEGMENT_SIZE`),
+            // so both fit 32 bits for any record the log wrote.
+            let since = slot.version.checked_sub(slot.location.segment);
+            match (
+                since.map(u32::try_from),
+                u32::try_from(slot.location.offset),
+            ) {
+                (Some(Ok(since)), Ok(offset)) => {
+                    e[7] = TAG_LIVE;
+                    e[8..16].copy_from_slice(&slot.version.to_le_bytes());
+                    e[16..20].copy_from_slice(&since.to_le_bytes());
+                    e[20..24].copy_from_slice(&offset.to_le_bytes());
+                }
+                _ => self.unfit = true,
+            }
+        }
+        if self.key_len + key.len() > MAX_KEY_HEAP || key.len() > usize::from(u16::MAX) {
+            self.unfit = true;
+        }
         let at = HEADER_LEN + self.n * ENTRY_LEN;
         self.buf[at..at + ENTRY_LEN].copy_from_slice(&e);
         let k_at = self.keys_at() + self.key_len;
@@ -467,14 +480,18 @@ impl RunBuilder {
     /// The key pushed last (checked in debug builds: runs must be sorted).
     fn last_key(&self) -> Option<&[u8]> {
         let at = HEADER_LEN + self.n.checked_sub(1)? * ENTRY_LEN;
-        let off = u64_at(&self.buf, at)? as usize;
-        let len = usize::from(u16::from_le_bytes([self.buf[at + 28], self.buf[at + 29]]));
+        let (off, len) = key_place(self.buf.get(at..at + ENTRY_LEN)?)?;
         let k = self.keys_at() + off;
         self.buf.get(k..k + len)
     }
 
-    /// The run's bytes.
-    pub(crate) fn finish(mut self, meta: RunMeta) -> Vec<u8> {
+    /// The run's bytes; `None` when a pushed change did not fit an entry: a key heap past
+    /// 1 TiB, or a record more than 2^32 LSNs past its segment's first or 4 GiB into it (a
+    /// log never writes one).
+    pub(crate) fn finish(mut self, meta: RunMeta) -> Option<Vec<u8>> {
+        if self.unfit {
+            return None;
+        }
         let n = self.n;
         let keys_at = HEADER_LEN + n * ENTRY_LEN;
         let from = self.keys_at();
@@ -525,8 +542,17 @@ impl RunBuilder {
                 k.hashes = hashes;
             }
         });
-        self.buf
+        Some(self.buf)
     }
+}
+
+/// Where the key of the entry bytes `e` is in the key heap: (offset, length).
+fn key_place(e: &[u8]) -> Option<(usize, usize)> {
+    let mut off = [0u8; 8];
+    off[..5].copy_from_slice(e.get(0..5)?);
+    let off = usize::try_from(u64::from_le_bytes(off)).ok()?;
+    let len = usize::from(u16::from_le_bytes([*e.get(5)?, *e.get(6)?]));
+    Some((off, len))
 }
 
 /// Bloom filter blocks for `n` keys.
@@ -730,14 +756,16 @@ impl Run {
 
     /// The key the entry bytes `e` point to (empty when malformed or damaged).
     fn key_of(&self, e: &[u8]) -> &[u8] {
-        let off = u64_at(e, 0).and_then(|o| usize::try_from(o).ok());
-        let len = usize::from(u16::from_le_bytes([e[28], e[29]]));
-        match off {
-            Some(off) if off.checked_add(len).is_some_and(|end| end <= self.keys_len) => self
-                .checked(self.keys_at + off..self.keys_at + off + len)
-                .unwrap_or_default(),
-            _ => &[],
-        }
+        self.key_range(e)
+            .and_then(|r| self.checked(r))
+            .unwrap_or_default()
+    }
+
+    /// The bytes of the run the key of the entry bytes `e` occupies, when within the key heap.
+    fn key_range(&self, e: &[u8]) -> Option<std::ops::Range<usize>> {
+        let (off, len) = key_place(e)?;
+        let end = off.checked_add(len).filter(|&end| end <= self.keys_len)?;
+        Some(self.keys_at + off..self.keys_at + end)
     }
 
     /// The change of entry `i`.
@@ -747,7 +775,7 @@ impl Run {
 
     /// True when entry `i` is a tombstone.
     pub(crate) fn is_tombstone(&self, i: usize) -> bool {
-        self.entry(i).is_some_and(|e| e[30] == TAG_DEAD)
+        self.entry(i).is_some_and(|e| e[7] == TAG_DEAD)
     }
 
     /// The first entry whose key is at least `key`.
@@ -844,31 +872,25 @@ impl<'a> Iterator for Cursor<'a> {
         let Some(e) = run.checked_in(at..at + ENTRY_LEN, &mut self.entries_ok) else {
             return Some((&[], None));
         };
-        let off = u64_at(e, 0).and_then(|o| usize::try_from(o).ok());
-        let len = usize::from(u16::from_le_bytes([e[28], e[29]]));
-        let key = match off {
-            Some(off) if off.checked_add(len).is_some_and(|end| end <= run.keys_len) => run
-                .checked_in(
-                    run.keys_at + off..run.keys_at + off + len,
-                    &mut self.keys_ok,
-                )
-                .unwrap_or_default(),
-            _ => &[],
-        };
+        let key = run
+            .key_range(e)
+            .and_then(|r| run.checked_in(r, &mut self.keys_ok))
+            .unwrap_or_default();
         Some((key, val_of(e)))
     }
 }
 
 /// The change the entry bytes `e` hold: `None` for a tombstone (or a malformed entry).
 fn val_of(e: &[u8]) -> Val {
-    if e.get(30) != Some(&TAG_LIVE) {
+    if e.get(7) != Some(&TAG_LIVE) {
         return None;
     }
+    let version = u64_at(e, 8)?;
     Some(Slot {
-        version: u64_at(e, 8)?,
+        version,
         location: Location {
-            segment: u64_at(e, 16)?,
-            offset: u64::from(u32_at(e, 24)?),
+            segment: version.checked_sub(u64::from(u32_at(e, 16)?))?,
+            offset: u64::from(u32_at(e, 20)?),
         },
     })
 }
@@ -981,7 +1003,7 @@ mod tests {
                 for (i, k) in keys.iter().enumerate() {
                     b.push(k, val(i));
                 }
-                b.finish(meta)
+                b.finish(meta).expect("every change fits an entry")
             };
             let exact = build(n, keys.iter().map(Vec::len).sum());
             prop_assert!(build(announced, key_bytes) == exact);
@@ -1015,6 +1037,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn changes_that_do_not_fit_an_entry_are_refused() {
+        let meta = RunMeta {
+            first_lsn: 1,
+            last_lsn: 10,
+            chain_crc: 0,
+            epoch: 0,
+            end: None,
+        };
+        let slot = |version, segment, offset| {
+            Some(Slot {
+                version,
+                location: Location { segment, offset },
+            })
+        };
+        let build = |val: Val| {
+            let mut b = RunBuilder::with_capacity(1, 1);
+            b.push(b"k", val);
+            b.finish(meta)
+        };
+        // At the limits: a record 2^32 - 1 LSNs into its segment, 4 GiB - 1 bytes in.
+        let edge = slot(u64::from(u32::MAX) + 5, 5, u64::from(u32::MAX));
+        let run = Run::parse(Backing::Heap(build(edge).unwrap()), None, false).unwrap();
+        assert_eq!(run.get(b"k"), Some(edge));
+        assert!(build(None).is_some());
+        // Past them (no log writes these): refused, not stored wrong.
+        assert!(build(slot(u64::from(u32::MAX) + 6, 5, 0)).is_none());
+        assert!(build(slot(4, 5, 0)).is_none());
+        assert!(build(slot(5, 5, 1 << 32)).is_none());
     }
 
     #[test]
