@@ -937,7 +937,8 @@ fn write_run(wal: &Wal, meta: RunMeta, bytes: Vec<u8>) -> Result<Run> {
 
 /// Replaces `group` (adjacent layers, newest first) by one run file. Returns false when the
 /// layers changed meanwhile (then nothing is installed; the file is left for the next open's
-/// clean-up).
+/// clean-up). `between` is called every [`BETWEEN_EVERY`] entries while the run is built
+/// (see [`merge_one`]); an error from it ends the replacement.
 fn replace(
     wal: &Wal,
     state: &RwLock<Index>,
@@ -945,6 +946,7 @@ fn replace(
     chain_crc: u32,
     end: Option<Location>,
     drop_tombstones: bool,
+    between: &mut dyn FnMut() -> Result<()>,
 ) -> Result<bool> {
     let (Some(newest), Some(oldest)) = (group.first(), group.last()) else {
         return Ok(false);
@@ -961,12 +963,23 @@ fn replace(
     let mut b = RunBuilder::with_capacity(entries, key_bytes);
     // A damaged block reads as keys out of order: the merge stops there rather than build a
     // run that is not sorted.
+    let (mut visited, mut failed) = (0usize, None);
     let in_order = merge(group.iter().map(|l| l.iter_from(&[])).collect(), |k, v| {
         if v.is_some() || !drop_tombstones {
             b.push(k, v);
         }
+        visited += 1;
+        if visited.is_multiple_of(BETWEEN_EVERY) {
+            if let Err(e) = between() {
+                failed = Some(e);
+                return false;
+            }
+        }
         true
     });
+    if let Some(e) = failed {
+        return Err(e);
+    }
     if group.iter().any(Layer::damaged) {
         // The merge read a damaged block: its output is not to be trusted. The caller repairs
         // the input first.
@@ -1047,6 +1060,10 @@ const MERGE_FAN_IN: usize = 4;
 /// Run files beyond which the adjacent ones with the fewest entries in all are merged whatever
 /// their sizes, so that a get never looks through more runs than this (plus memtables).
 const MAX_RUN_FILES: usize = 24;
+
+/// Entries a merge builds between two looks at the frozen memtables waiting (see
+/// [`merge_one`]): about a millisecond's work.
+const BETWEEN_EVERY: usize = 16 * 1024;
 
 /// What a step of upkeep did.
 enum Step {
@@ -1129,11 +1146,13 @@ fn flush_one(wal: &Wal, state: &RwLock<Index>) -> Result<Step> {
     let Some((group, chain, oldest)) = group else {
         return Ok(Step::Idle);
     };
-    Ok(if replace(wal, state, &group, chain, None, oldest)? {
-        Step::Wrote
-    } else {
-        Step::Stopped
-    })
+    Ok(
+        if replace(wal, state, &group, chain, None, oldest, &mut || Ok(()))? {
+            Step::Wrote
+        } else {
+            Step::Stopped
+        },
+    )
 }
 
 /// The adjacent run files to merge next, when any (see [`MERGE_FAN_IN`]), given each layer
@@ -1188,11 +1207,26 @@ fn merge_one(wal: &Wal, state: &RwLock<Index>) -> Result<Step> {
     let Some((group, chain, end, oldest)) = window else {
         return Ok(Step::Idle);
     };
-    Ok(if replace(wal, state, &group, chain, end, oldest)? {
-        Step::Wrote
-    } else {
-        Step::Stopped
-    })
+    // A merge of millions of entries takes a few hundred milliseconds, long enough for the
+    // writers to fill the frozen memtables' bound and wait: memtables that froze meanwhile
+    // are written while it runs (flushes touch only the newest layers; the merge's inputs are
+    // checked to be still in place before its run is installed).
+    let backlog = state.read().backlog();
+    let mut flush_waiting = || -> Result<()> {
+        while backlog.frozen() >= 2 {
+            if !matches!(flush_one(wal, state)?, Step::Wrote) {
+                break;
+            }
+        }
+        Ok(())
+    };
+    Ok(
+        if replace(wal, state, &group, chain, end, oldest, &mut flush_waiting)? {
+            Step::Wrote
+        } else {
+            Step::Stopped
+        },
+    )
 }
 
 /// At a clean close, after the log is durable: writes every layer not yet in a run file, the
@@ -1225,7 +1259,7 @@ pub(crate) fn write_at_close(
         (idx.layers[..n].to_vec(), lsn, at, n == idx.layers.len())
     };
     let chain = wal.read_record(at, lsn)?.crc;
-    replace(wal, state, &group, chain, Some(at), oldest)
+    replace(wal, state, &group, chain, Some(at), oldest, &mut || Ok(()))
 }
 
 /// Replaces each run found damaged (see [`crate::run`]) by runs replayed from the log for its
