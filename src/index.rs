@@ -328,8 +328,8 @@ impl Layer {
 /// advances only the matches on its path to the root are played again: log2 of the number of
 /// sources comparisons a key instead of one a source (2 instead of 4 for a merge of four run
 /// files, 5 instead of 24 for a scan over 24). Walking four runs of 262k keys took 25 ns a
-/// key, from 30 (with `Run::iter_from`'s cursor; a whole merge, writing its run included, about
-/// 50 ns either way: writing the run dominates).
+/// key, from 30 (with `Run::iter_from`'s cursor; a whole merge, writing its run included,
+/// 48.7-50.5 ns either way: writing the run dominates).
 #[must_use = "keys out of order mean a damaged source"]
 fn merge<'a>(mut sources: Vec<Entries<'a>>, mut f: impl FnMut(&'a [u8], Val) -> bool) -> bool {
     let n = sources.len();
@@ -1163,13 +1163,13 @@ fn merge_window(l: &[(bool, usize)]) -> Option<std::ops::Range<usize>> {
             .map(|i| i..i + MERGE_FAN_IN)
             .filter(|w| l[w.clone()].iter().all(|&(file, _)| file))
     };
-    // The oldest run holds at most half as many entries as the newer ones together: a much
-    // larger older run waits for newer ones to catch up (merging into it at every flush would
-    // rewrite it each time). Equal flushes then merge as a tree of fan-in four.
-    // Of those, the one with the fewest entries (the newest of equals): the smallest tier
-    // first. Taking the newest instead, a backlog of small runs merged as a cascade, each
+    // Due: the oldest run holds at most half as many entries as the newer ones together (a
+    // much larger older run waits for newer ones to catch up; merging into it at every flush
+    // would rewrite it each time), so equal flushes merge as a tree of fan-in four. Of the
+    // windows due, the one with the fewest entries goes (the newest of equals): the smallest
+    // tier first. Taking the newest instead, a backlog of small runs merged as a cascade, each
     // merge taking the last one's output and three small runs (200 waiting runs of equal
-    // size: each entry written 34 times instead of 4.5).
+    // size: each entry written 34.5 times instead of 4.5).
     let comparable = windows()
         .filter(|w| {
             let oldest = l[w.end - 1].1;
