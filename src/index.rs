@@ -53,9 +53,9 @@ fn sorted(map: &KeyMap) -> Sorted {
 }
 
 /// The entries of a sorted view from the first key at least `from`.
-fn sorted_from<'a>(v: &'a [(Vec<u8>, Val)], from: &[u8]) -> Entries<'a> {
+fn sorted_from<'a>(v: &'a [(Vec<u8>, Val)], from: &[u8]) -> Source<'a> {
     let start = v.partition_point(|(k, _)| k.as_slice() < from);
-    Box::new(v[start..].iter().map(|(k, v)| (k.as_slice(), *v)))
+    Source::Sorted(v[start..].iter())
 }
 
 /// The active memtable.
@@ -252,7 +252,31 @@ pub(crate) enum Layer {
     Run(Arc<Run>),
 }
 
-type Entries<'a> = Box<dyn Iterator<Item = (&'a [u8], Val)> + 'a>;
+/// A layer's entries in key order, as [`merge`] reads them: an enum rather than a boxed
+/// iterator, so that the merge's call for the next entry is direct and inlined. Building a
+/// flush's run of 262k entries (its sort apart) took 29 ms through a boxed iterator, and
+/// 17.5-19.5 ms through this with the single-source loop of [`merge`].
+pub(crate) enum Source<'a> {
+    /// A frozen memtable.
+    Memtable(crate::keymap::InOrder<'a>),
+    /// A run.
+    Run(run::Cursor<'a>),
+    /// The active memtable's sorted view.
+    Sorted(std::slice::Iter<'a, (Vec<u8>, Val)>),
+}
+
+impl<'a> Iterator for Source<'a> {
+    type Item = (&'a [u8], Val);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Source::Memtable(m) => m.next(),
+            Source::Run(r) => r.next(),
+            Source::Sorted(s) => s.next().map(|(k, v)| (k.as_slice(), *v)),
+        }
+    }
+}
 
 impl Layer {
     fn first_lsn(&self) -> u64 {
@@ -306,14 +330,14 @@ impl Layer {
             Layer::Run(r) => r.get(key),
         }
     }
-    fn iter_from<'a>(&'a self, from: &[u8]) -> Entries<'a> {
+    fn iter_from<'a>(&'a self, from: &[u8]) -> Source<'a> {
         match self {
             Layer::Frozen(f) => {
                 let order = f.sorted.get_or_init(|| f.map.sorted());
                 let start = order.partition_point(|&n| f.map.at(n).0 < from);
-                Box::new(f.map.in_order(&order[start..]))
+                Source::Memtable(f.map.in_order(&order[start..]))
             }
-            Layer::Run(r) => Box::new(r.iter_from(from)),
+            Layer::Run(r) => Source::Run(r.iter_from(from)),
         }
     }
 }
@@ -331,9 +355,26 @@ impl Layer {
 /// key, from 30 (with `Run::iter_from`'s cursor; a whole merge, writing its run included,
 /// 48.7-50.5 ns either way: writing the run dominates).
 #[must_use = "keys out of order mean a damaged source"]
-fn merge<'a>(mut sources: Vec<Entries<'a>>, mut f: impl FnMut(&'a [u8], Val) -> bool) -> bool {
+fn merge<'a, I: Iterator<Item = (&'a [u8], Val)>>(
+    mut sources: Vec<I>,
+    mut f: impl FnMut(&'a [u8], Val) -> bool,
+) -> bool {
     let n = sources.len();
-    if n == 0 {
+    if n <= 1 {
+        // One source (a flush of one memtable): no tournament, only the order check (a
+        // third of that flush's build time went to the tournament's bookkeeping).
+        let mut last: Option<&'a [u8]> = None;
+        for (key, val) in sources.pop().into_iter().flatten() {
+            match last.map(|l| key.cmp(l)) {
+                Some(std::cmp::Ordering::Equal) => continue,
+                Some(std::cmp::Ordering::Less) => return false,
+                _ => {}
+            }
+            if !f(key, val) {
+                return true;
+            }
+            last = Some(key);
+        }
         return true;
     }
     let leaves = n.next_power_of_two();
@@ -644,8 +685,8 @@ impl Index {
         active: &'a [(Vec<u8>, Val)],
         layers: &'a [Layer],
         from: &[u8],
-    ) -> Vec<Entries<'a>> {
-        let mut s: Vec<Entries<'a>> = Vec::with_capacity(layers.len() + 1);
+    ) -> Vec<Source<'a>> {
+        let mut s: Vec<Source<'a>> = Vec::with_capacity(layers.len() + 1);
         s.push(sorted_from(active, from));
         s.extend(layers.iter().map(|l| l.iter_from(from)));
         s
@@ -1414,6 +1455,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Any source a test makes up, for [`merge`].
+    type Entries<'a> = Box<dyn Iterator<Item = (&'a [u8], Val)> + 'a>;
+
     proptest! {
         /// Keys short and long, sharing prefixes and trailing zero bytes, against a map where
         /// the newest source wins.
@@ -1467,6 +1511,16 @@ mod tests {
         assert!(!sorted);
         // The empty key wins as soon as it heads its source, right after "d".
         assert_eq!(seen, [&b"b"[..], b"c", b"d"]);
+
+        // Alone (the single-source loop), the damaged source stops the merge at the same key.
+        let damaged: Vec<&[u8]> = vec![b"b", b"d", b"", b"f"];
+        let mut seen = Vec::new();
+        let sorted = merge(vec![damaged.into_iter().map(|k| (k, None))], |k, _| {
+            seen.push(k);
+            true
+        });
+        assert!(!sorted);
+        assert_eq!(seen, [&b"b"[..], b"d"]);
     }
 
     fn frozen(spare: &Spare) -> Frozen {

@@ -812,7 +812,7 @@ impl Run {
     }
 
     /// Entries from the first key at least `from`, in order.
-    pub(crate) fn iter_from<'a>(&'a self, from: &[u8]) -> impl Iterator<Item = (&'a [u8], Val)> {
+    pub(crate) fn iter_from<'a>(&'a self, from: &[u8]) -> Cursor<'a> {
         Cursor {
             run: self,
             i: self.lower_bound(from),
@@ -843,7 +843,7 @@ impl Run {
 
 /// A run's entries in key order (see [`Run::iter_from`]). A damaged or malformed entry reads
 /// as an empty key with no change, as [`Run::key`] and [`Run::val`] have it.
-struct Cursor<'a> {
+pub(crate) struct Cursor<'a> {
     run: &'a Run,
     i: usize,
     /// The checked spans of entries and of keys last looked at (see [`Run::checked_in`]).
@@ -854,6 +854,7 @@ struct Cursor<'a> {
 impl<'a> Iterator for Cursor<'a> {
     type Item = (&'a [u8], Val);
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let run = self.run;
         if self.i >= run.count {
