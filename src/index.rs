@@ -256,7 +256,7 @@ pub(crate) enum Layer {
 /// iterator, so that the merge's call for the next entry is direct and inlined. Building a
 /// flush's run of 262k entries (its sort apart) took 29 ms through a boxed iterator, and
 /// 17.5-19.5 ms through this with the single-source loop of [`merge`].
-pub(crate) enum Source<'a> {
+enum Source<'a> {
     /// A frozen memtable.
     Memtable(crate::keymap::InOrder<'a>),
     /// A run.
