@@ -366,7 +366,7 @@ fn merge<'a, I: Iterator<Item = (&'a [u8], Val)>>(
         // through the tournament).
         let mut last: Option<&'a [u8]> = None;
         for (key, val) in sources.pop().into_iter().flatten() {
-            match last.map(|l| key.cmp(l)) {
+            match last.map(|l| run::cmp_keys(key, l)) {
                 Some(std::cmp::Ordering::Equal) => continue,
                 Some(std::cmp::Ordering::Less) => return false,
                 _ => {}
@@ -384,7 +384,7 @@ fn merge<'a, I: Iterator<Item = (&'a [u8], Val)>>(
     // Whether source `a`'s head goes before source `b`'s (an exhausted source goes last).
     let before = |heads: &[Option<(&'a [u8], Val)>], a: usize, b: usize| match (heads[a], heads[b])
     {
-        (Some((ka, _)), Some((kb, _))) => match ka.cmp(kb) {
+        (Some((ka, _)), Some((kb, _))) => match run::cmp_keys(ka, kb) {
             std::cmp::Ordering::Equal => a < b,
             o => o == std::cmp::Ordering::Less,
         },
@@ -407,7 +407,7 @@ fn merge<'a, I: Iterator<Item = (&'a [u8], Val)>>(
             return true;
         };
         // The first of equal keys to win is the newest source's: older ones are skipped.
-        match last.map(|l| key.cmp(l)) {
+        match last.map(|l| run::cmp_keys(key, l)) {
             Some(std::cmp::Ordering::Equal) => {}
             Some(std::cmp::Ordering::Less) => return false,
             _ => {

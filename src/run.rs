@@ -283,6 +283,33 @@ fn tail_word(key: &[u8], rest: &[u8]) -> u64 {
         .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
 }
 
+/// The order of keys (bytewise, a prefix first), as `a.cmp(b)` has it, compared eight bytes
+/// at a time as big-endian words, inline.
+///
+/// Merges compare keys a few times an entry (the tournament's matches and the order check),
+/// often keys that share their first bytes. The calls to the C library's `memcmp` were 14 to
+/// 24% of the checkpointer's samples at full write speed; compared inline, a merge of four
+/// runs of 262k entries went from 52.5 to 48.3 ms of CPU (median of 8).
+#[inline]
+pub(crate) fn cmp_keys(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let (mut x, mut y) = (a, b);
+    while let (Some((wa, ra)), Some((wb, rb))) =
+        (x.split_first_chunk::<8>(), y.split_first_chunk::<8>())
+    {
+        if wa != wb {
+            return u64::from_be_bytes(*wa).cmp(&u64::from_be_bytes(*wb));
+        }
+        (x, y) = (ra, rb);
+    }
+    // Fewer than 8 bytes left in one of them.
+    for (p, q) in x.iter().zip(y) {
+        if p != q {
+            return p.cmp(q);
+        }
+    }
+    x.len().cmp(&y.len())
+}
+
 /// The block a hash selects among `blocks`, and its probe bits.
 fn bloom_bits(hash: u64, blocks: usize) -> (usize, impl Iterator<Item = usize>) {
     let block = (((hash >> 32) * blocks as u64) >> 32) as usize;
@@ -778,7 +805,7 @@ impl Run {
         let (mut lo, mut hi) = (0, self.count);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if self.key(mid) < key {
+            if cmp_keys(self.key(mid), key).is_lt() {
                 lo = mid + 1;
             } else {
                 hi = mid;
@@ -908,6 +935,22 @@ mod tests {
             let mut want: Vec<u32> = (0..keys.len() as u32).collect();
             want.sort_by(|&a, &b| keys[a as usize].cmp(&keys[b as usize]).then(a.cmp(&b)));
             prop_assert_eq!(got, want);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn cmp_keys_orders_like_slices(
+            // Few distinct bytes, so that long common prefixes and prefixes of each other
+            // come up, across the 8-byte words and in the tail.
+            a in proptest::collection::vec(0u8..3, 0..30),
+            b in proptest::collection::vec(0u8..3, 0..30),
+            shared in proptest::collection::vec(any::<u8>(), 0..20),
+        ) {
+            let (a, b) = ([shared.as_slice(), &a].concat(), [shared.as_slice(), &b].concat());
+            prop_assert_eq!(cmp_keys(&a, &b), a.cmp(&b));
+            prop_assert_eq!(cmp_keys(&b, &a), b.cmp(&a));
+            prop_assert_eq!(cmp_keys(&a, &a), std::cmp::Ordering::Equal);
         }
     }
 
