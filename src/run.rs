@@ -289,7 +289,7 @@ fn tail_word(key: &[u8], rest: &[u8]) -> u64 {
 /// Merges compare keys a few times an entry (the tournament's matches and the order check),
 /// often keys that share their first bytes. The calls to the C library's `memcmp` were 14 to
 /// 24% of the checkpointer's samples at full write speed; compared inline, a merge of four
-/// runs of 262k entries went from 52.5 to 48.3 ms of CPU (median of 8).
+/// runs of 262k entries went from 52.6 to 48.4 ms of CPU (median of 8).
 #[inline]
 pub(crate) fn cmp_keys(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     let (mut x, mut y) = (a, b);
