@@ -25,8 +25,10 @@
 //! one segment minus 104 bytes, else `RecordTooLarge` before anything is written, so nothing is
 //! ever accepted that a later open would refuse. Index cost: per key changed in the active
 //! segment, a memtable entry in memory (32 bytes, 11 to 21 bytes of hash table, and the key);
-//! per key in a run file, 32 bytes plus the key and 10 bloom bits, mapped from the file (page
-//! cache, not heap).
+//! per key in a run file, 32 bytes plus the key (up to twice the key in a merged run, which
+//! keeps superseded keys until they are half its heap), mapped from the file (page cache, not
+//! heap);
+//! once a scan has read a run, 4 bytes per entry of it in the heap (its key order).
 
 use crate::cache::ValueCache;
 use crate::error::{Error, Result};
@@ -46,8 +48,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 
 /// The checkpointer thread's nice value: the lowest priority. It writes a segment's index run
-/// at each roll (sorting, building and writing about 50 bytes a key), about as much CPU time
-/// as the puts that filled the segment. On two cores at the same priority as the writer, the
+/// at each roll (walking the frozen memtable's table in hash order, building and writing about
+/// 50 bytes a key), and merges them. On two cores at the same priority as the writer, the
 /// threads it displaced (the applier, the kernel's writeback) took the writer's core: measured
 /// with 3 M puts of 200 B values alone under `never`, the writer waited 80 to 200 ms for its
 /// core and a put cost 1.25 times a raw append; at nice 19, 35 to 50 ms and 1.18 times (1.09

@@ -11,7 +11,9 @@
 //!   (or since the open replayed it).
 //! - When the log rolls, the active memtable is **frozen** as it is: its LSN range ends exactly
 //!   at the end of the segment that just sealed.
-//! - A **run** ([`crate::run`]) is sorted and immutable. Opening builds runs in memory for the
+//! - A **run** ([`crate::run`]) is immutable, its entries ordered by key hash (the order the
+//!   memtables' tables are placed in, so a flush walks a table instead of sorting it; scans
+//!   sort each run by key once, when they first read it). Opening builds runs in memory for the
 //!   segments it must replay; a background task writes frozen memtables and in-memory runs
 //!   as run files (the checkpoints), and merges run files whose sizes are comparable, so the
 //!   number of layers stays logarithmic in the number of keys.
@@ -30,7 +32,7 @@
 use crate::error::Result;
 use crate::keymap::KeyMap;
 use crate::record::{KIND_DELETE, KIND_EPOCH, KIND_PUT};
-use crate::run::{self, Backing, Run, RunBuilder, RunMeta, Slot, Val};
+use crate::run::{self, Backing, KeyRef, Run, RunBuilder, RunMeta, Slot, Val};
 use parking_lot::{Mutex, RwLock};
 use seglog_wal::dir::INDEX_DIR;
 use seglog_wal::{Io, Location, Wal};
@@ -41,6 +43,9 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 
 type Sorted = Vec<(Vec<u8>, Val)>;
+
+/// The active memtable's live state in a run's order, (hash, key): what counting merges.
+type Hashed = Vec<(u64, Vec<u8>, Val)>;
 
 fn sorted(map: &KeyMap) -> Sorted {
     map.sorted()
@@ -59,7 +64,6 @@ fn sorted_from<'a>(v: &'a [(Vec<u8>, Val)], from: &[u8]) -> Source<'a> {
 }
 
 /// The active memtable.
-#[derive(Default)]
 pub(crate) struct Memtable {
     map: KeyMap,
     /// Whether its map was sized for a segment's worth of changes: at a roll, like the last
@@ -71,6 +75,26 @@ pub(crate) struct Memtable {
 }
 
 impl Memtable {
+    fn new(seed: u64) -> Memtable {
+        Memtable {
+            map: KeyMap::with_capacity(0, 0, seed),
+            sized: false,
+            sorted: Mutex::new(None),
+        }
+    }
+
+    /// Its state in a run's order (see [`Hashed`]).
+    fn hashed(&self) -> Hashed {
+        let seed = self.map.seed();
+        let mut v: Hashed = self
+            .sorted()
+            .iter()
+            .map(|(k, v)| (run::key_hash(seed, k), k.clone(), *v))
+            .collect();
+        v.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| run::cmp_keys(&a.1, &b.1)));
+        v
+    }
+
     fn sorted(&self) -> Arc<Sorted> {
         self.sorted
             .lock()
@@ -93,7 +117,6 @@ const SPARES: usize = 2;
 /// dropped frozen memtable gives its map back, and a background thread empties it, or
 /// allocates one and writes its pages, before the roll that takes it (see [`stock_spare`]). At most [`SPARES`] maps are kept, so the memory held is bounded by that
 /// many more memtables.
-#[derive(Default)]
 pub(crate) struct SparePool {
     /// Empty, sized for `want` and its pages written: ready for a roll.
     ready: Vec<KeyMap>,
@@ -101,10 +124,26 @@ pub(crate) struct SparePool {
     returned: Vec<KeyMap>,
     /// Keys and key bytes the next memtable is expected to hold: the last frozen one's.
     want: (usize, usize),
+    /// The index's hash seed, which every map takes.
+    seed: u64,
+}
+
+impl SparePool {
+    fn new(seed: u64) -> SparePool {
+        SparePool {
+            ready: Vec::new(),
+            returned: Vec::new(),
+            want: (0, 0),
+            seed,
+        }
+    }
 }
 
 impl Frozen {
-    fn new(map: KeyMap, idx: &Index, first_lsn: u64, last_lsn: u64, epoch: u64) -> Frozen {
+    /// Freezes `map` (its pending changes settled: a flush walks its table, see
+    /// [`KeyMap::hash_walk`]).
+    fn new(mut map: KeyMap, idx: &Index, first_lsn: u64, last_lsn: u64, epoch: u64) -> Frozen {
+        map.settle();
         idx.backlog.frozen.fetch_add(1, Ordering::AcqRel);
         Frozen {
             map,
@@ -123,7 +162,8 @@ impl Drop for Frozen {
         {
             let mut pool = self.spare.lock();
             if pool.ready.len() + pool.returned.len() < SPARES {
-                pool.returned.push(std::mem::take(&mut self.map));
+                let empty = KeyMap::with_capacity(0, 0, pool.seed);
+                pool.returned.push(std::mem::replace(&mut self.map, empty));
             }
         }
         self.backlog.frozen.fetch_sub(1, Ordering::AcqRel);
@@ -137,19 +177,19 @@ impl Drop for Frozen {
 /// every roll (not on the checkpointer's: a flush takes about as long as a segment takes to
 /// fill at full speed, so the checkpointer is often still busy at the next roll).
 pub(crate) fn stock_spare(spare: &Spare) {
-    let (returned, want) = {
+    let (returned, want, seed) = {
         let mut pool = spare.lock();
         if !pool.ready.is_empty() || pool.want.0 == 0 {
             return;
         }
-        (pool.returned.pop(), pool.want)
+        (pool.returned.pop(), pool.want, pool.seed)
     };
     let mut map = match returned {
         Some(mut m) => {
             m.reset(want.0, want.1);
             m
         }
-        None => KeyMap::with_capacity(want.0, want.1),
+        None => KeyMap::with_capacity(want.0, want.1, seed),
     };
     map.touch_capacity();
     let mut pool = spare.lock();
@@ -237,8 +277,7 @@ pub(crate) struct Frozen {
     spare: Spare,
     /// Counts it while it lives.
     backlog: Arc<Backlog>,
-    /// Its entry numbers in key order, sorted the first time it is iterated (by a scan or by
-    /// the flush).
+    /// Its entry numbers in key order, sorted the first time a scan needs them.
     sorted: OnceLock<Vec<u32>>,
     first_lsn: u64,
     last_lsn: u64,
@@ -252,28 +291,37 @@ pub(crate) enum Layer {
     Run(Arc<Run>),
 }
 
-/// A layer's entries in key order, as [`merge`] reads them: an enum rather than a boxed
-/// iterator, so that the merge's call for the next entry is direct and inlined. Building a
-/// flush's run of 262k entries (its sort apart) took 29 ms through a boxed iterator, and
-/// 17.5-19.5 ms through this with the single-source loop of [`merge`].
+/// A layer's entries as [`merge`] reads them, (hash, key, change): in a run's order (hash,
+/// key), or in key order with every hash 0. An enum rather than a boxed iterator, so that the
+/// merge's call for the next entry is direct and inlined (building a flush's run of 262k
+/// entries took 29 ms through a boxed iterator, 17.5-19.5 ms through this).
 enum Source<'a> {
-    /// A frozen memtable.
-    Memtable(crate::keymap::InOrder<'a>),
-    /// A run.
+    /// A frozen memtable, in a run's order.
+    Walk(crate::keymap::HashWalk<'a>),
+    /// A run, in its order.
     Run(run::Cursor<'a>),
-    /// The active memtable's sorted view.
+    /// The active memtable in a run's order.
+    Hashed(std::slice::Iter<'a, (u64, Vec<u8>, Val)>),
+    /// A frozen memtable, in key order.
+    Memtable(crate::keymap::InOrder<'a>),
+    /// A run, in key order.
+    RunKeys(run::KeyCursor<'a>),
+    /// The active memtable's sorted view, in key order.
     Sorted(std::slice::Iter<'a, (Vec<u8>, Val)>),
 }
 
 impl<'a> Iterator for Source<'a> {
-    type Item = (&'a [u8], Val);
+    type Item = (u64, KeyRef<'a>, Val);
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            Source::Memtable(m) => m.next(),
+            Source::Walk(w) => w.next(),
             Source::Run(r) => r.next(),
-            Source::Sorted(s) => s.next().map(|(k, v)| (k.as_slice(), *v)),
+            Source::Hashed(h) => h.next().map(|(h, k, v)| (*h, KeyRef::new(k), *v)),
+            Source::Memtable(m) => m.next().map(|(k, v)| (0, KeyRef::new(k), v)),
+            Source::RunKeys(r) => r.next(),
+            Source::Sorted(s) => s.next().map(|(k, v)| (0, KeyRef::new(k), *v)),
         }
     }
 }
@@ -324,73 +372,90 @@ impl Layer {
             _ => false,
         }
     }
-    fn get(&self, key: &[u8]) -> Option<Val> {
+    /// What the layer says about `key`, whose hash under the index's seed is `hash`.
+    fn get(&self, hash: u64, key: &[u8]) -> Option<Val> {
         match self {
-            Layer::Frozen(f) => f.map.get(key),
-            Layer::Run(r) => r.get(key),
+            Layer::Frozen(f) => f.map.get_hashed(hash, key),
+            Layer::Run(r) => r.get(hash, key),
         }
     }
-    fn iter_from<'a>(&'a self, from: &[u8]) -> Source<'a> {
+    /// Its entries in a run's order.
+    fn iter(&self) -> Source<'_> {
+        match self {
+            Layer::Frozen(f) => Source::Walk(f.map.hash_walk()),
+            Layer::Run(r) => Source::Run(r.iter()),
+        }
+    }
+    /// Its entries from the first key at least `from`, in key order.
+    fn iter_keys_from<'a>(&'a self, from: &[u8]) -> Source<'a> {
         match self {
             Layer::Frozen(f) => {
                 let order = f.sorted.get_or_init(|| f.map.sorted());
                 let start = order.partition_point(|&n| f.map.at(n).0 < from);
                 Source::Memtable(f.map.in_order(&order[start..]))
             }
-            Layer::Run(r) => Source::Run(r.iter_from(from)),
+            Layer::Run(r) => Source::RunKeys(r.iter_keys_from(from)),
         }
     }
 }
 
-/// Visits each key once, in order, with the state of the first (newest) source that holds it;
-/// stops when `f` returns false. Returns false when it stopped at a key below the last one
-/// visited: sound sources are sorted, a damaged run's block reads as empty keys (see
-/// [`Run::damaged`]), and what a merge visits must never be out of order.
+/// Visits each key once, in the sources' order, with the state of the first (newest) source
+/// that holds it; stops when `f` returns false. Sources are all in a run's order, (hash, key),
+/// or all in key order with every hash 0. Returns false when it stopped at an entry below the
+/// last one visited: sound sources are ordered, a damaged run's block reads as hash 0 and an
+/// empty key (see [`Run::damaged`]), and what a merge visits must never be out of order.
 ///
 /// A tournament over the sources' heads: each node of a complete binary tree holds the source
-/// whose head wins below it (smallest key; on equal keys the newer source), so after a source
+/// whose head wins below it (smallest; on equal entries the newer source), so after a source
 /// advances only the matches on its path to the root are played again: log2 of the number of
-/// sources comparisons a key instead of one a source (2 instead of 4 for a merge of four run
-/// files, 5 instead of 24 for a scan over 24). Walking four runs of 262k keys took 25 ns a
-/// key, from 30 (with `Run::iter_from`'s cursor; a whole merge, writing its run included,
-/// 48.7-50.5 ns either way: writing the run dominates).
-#[must_use = "keys out of order mean a damaged source"]
-fn merge<'a, I: Iterator<Item = (&'a [u8], Val)>>(
+/// sources comparisons an entry instead of one a source (2 instead of 4 for a merge of four
+/// run files, 5 instead of 24 for a scan over 24). In a run's order most matches are decided
+/// by the 64-bit hashes alone.
+#[must_use = "entries out of order mean a damaged source"]
+fn merge<'a, I: Iterator<Item = (u64, KeyRef<'a>, Val)>>(
     mut sources: Vec<I>,
-    mut f: impl FnMut(&'a [u8], Val) -> bool,
+    mut f: impl FnMut(usize, u64, KeyRef<'a>, Val) -> bool,
 ) -> bool {
+    /// Keys are read only when the hashes are equal (in key order, where every hash is 0,
+    /// always).
+    #[inline]
+    fn cmp(a: (u64, KeyRef<'_>), b: (u64, KeyRef<'_>)) -> std::cmp::Ordering {
+        a.0.cmp(&b.0)
+            .then_with(|| run::cmp_keys(a.1.get(), b.1.get()))
+    }
     let n = sources.len();
     if n <= 1 {
         // One source (a flush of one memtable): no tournament, only the order check (with
         // a direct source, a flush's build of 262k entries took 16 ms this way, 21 ms
         // through the tournament).
-        let mut last: Option<&'a [u8]> = None;
-        for (key, val) in sources.pop().into_iter().flatten() {
-            match last.map(|l| run::cmp_keys(key, l)) {
+        let mut last: Option<(u64, KeyRef<'a>)> = None;
+        for (hash, key, val) in sources.pop().into_iter().flatten() {
+            match last.map(|l| cmp((hash, key), l)) {
                 Some(std::cmp::Ordering::Equal) => continue,
                 Some(std::cmp::Ordering::Less) => return false,
                 _ => {}
             }
-            if !f(key, val) {
+            if !f(0, hash, key, val) {
                 return true;
             }
-            last = Some(key);
+            last = Some((hash, key));
         }
         return true;
     }
     let leaves = n.next_power_of_two();
-    let mut heads: Vec<Option<(&'a [u8], Val)>> = sources.iter_mut().map(|s| s.next()).collect();
+    let mut heads: Vec<Option<(u64, KeyRef<'a>, Val)>> =
+        sources.iter_mut().map(|s| s.next()).collect();
     heads.resize(leaves, None);
     // Whether source `a`'s head goes before source `b`'s (an exhausted source goes last).
-    let before = |heads: &[Option<(&'a [u8], Val)>], a: usize, b: usize| match (heads[a], heads[b])
-    {
-        (Some((ka, _)), Some((kb, _))) => match run::cmp_keys(ka, kb) {
-            std::cmp::Ordering::Equal => a < b,
-            o => o == std::cmp::Ordering::Less,
-        },
-        (Some(_), None) => true,
-        (None, _) => false,
-    };
+    let before =
+        |heads: &[Option<(u64, KeyRef<'a>, Val)>], a: usize, b: usize| match (heads[a], heads[b]) {
+            (Some((ha, ka, _)), Some((hb, kb, _))) => match cmp((ha, ka), (hb, kb)) {
+                std::cmp::Ordering::Equal => a < b,
+                o => o == std::cmp::Ordering::Less,
+            },
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
     // tree[1] is the root, tree[leaves + i] the leaf of source i.
     let mut tree = vec![0usize; 2 * leaves];
     for (i, t) in tree[leaves..].iter_mut().enumerate() {
@@ -400,21 +465,21 @@ fn merge<'a, I: Iterator<Item = (&'a [u8], Val)>>(
         let (a, b) = (tree[2 * node], tree[2 * node + 1]);
         tree[node] = if before(&heads, a, b) { a } else { b };
     }
-    let mut last: Option<&'a [u8]> = None;
+    let mut last: Option<(u64, KeyRef<'a>)> = None;
     loop {
         let w = tree[1];
-        let Some((key, val)) = heads[w] else {
+        let Some((hash, key, val)) = heads[w] else {
             return true;
         };
-        // The first of equal keys to win is the newest source's: older ones are skipped.
-        match last.map(|l| run::cmp_keys(key, l)) {
+        // The first of equal entries to win is the newest source's: older ones are skipped.
+        match last.map(|l| cmp((hash, key), l)) {
             Some(std::cmp::Ordering::Equal) => {}
             Some(std::cmp::Ordering::Less) => return false,
             _ => {
-                if !f(key, val) {
+                if !f(w, hash, key, val) {
                     return true;
                 }
-                last = Some(key);
+                last = Some((hash, key));
             }
         }
         heads[w] = sources[w].next();
@@ -451,6 +516,8 @@ pub(crate) struct Index {
     last_record: Option<(u64, Location)>,
     /// Runs found damaged after open and replaced by replay, since open.
     repaired: usize,
+    /// The hash seed of the index (see [`load_seed`]).
+    seed: u64,
 }
 
 /// What [`Index::open`] did.
@@ -468,6 +535,7 @@ impl Index {
         let mut loaded = Loaded::default();
         let sealed = wal.sealed_segments()?;
         let idx_dir = wal.dir().join(INDEX_DIR);
+        let seed = load_seed(wal);
         let mut files: Vec<(u64, u64)> = wal
             .io()
             .list_dir(&idx_dir)
@@ -492,6 +560,7 @@ impl Index {
                     Some(r)
                         if r.meta().first_lsn == first
                             && r.meta().last_lsn == last
+                            && r.meta().seed == seed
                             && ends_in_log(wal, &sealed, &r) =>
                     {
                         used = Some(r);
@@ -537,7 +606,7 @@ impl Index {
                 Part::File(_) => None,
             })
             .collect();
-        let mut replayed = replay_all(wal, &jobs).into_iter();
+        let mut replayed = replay_all(wal, &jobs, seed).into_iter();
         let mut oldest_first: Vec<Layer> = Vec::with_capacity(parts.len());
         for p in parts {
             let run = match p {
@@ -556,7 +625,7 @@ impl Index {
         let active_first = oldest_first.last().map_or(next, |l| l.last_lsn() + 1);
         oldest_first.reverse();
         let index = Index {
-            active: Memtable::default(),
+            active: Memtable::new(seed),
             active_first,
             active_epoch: 0,
             active_segment: wal.active_segment().unwrap_or(0),
@@ -566,9 +635,10 @@ impl Index {
                 _ => None,
             },
             layers: oldest_first,
-            spare: Spare::default(),
+            spare: Arc::new(Mutex::new(SparePool::new(seed))),
             backlog: Arc::default(),
             repaired: 0,
+            seed,
             segment_bytes: wal.config().segment_size_bytes,
         };
         Ok((index, loaded))
@@ -576,10 +646,11 @@ impl Index {
 
     /// The live slot of `key`.
     pub(crate) fn get(&self, key: &[u8]) -> Option<Slot> {
-        if let Some(v) = self.active.map.get(key) {
+        let hash = run::key_hash(self.seed, key);
+        if let Some(v) = self.active.map.get_hashed(hash, key) {
             return v;
         }
-        self.layers.iter().find_map(|l| l.get(key)).flatten()
+        self.layers.iter().find_map(|l| l.get(hash, key)).flatten()
     }
 
     /// Records the change a record in the active segment made. Call [`Index::roll`] first.
@@ -664,15 +735,14 @@ impl Index {
                     m.reset(expected.0, expected.1);
                     m
                 }
-                None => KeyMap::with_capacity(expected.0, expected.1),
+                None => KeyMap::with_capacity(expected.0, expected.1, self.seed),
             };
             let fresh = Memtable {
                 map,
                 sized: true,
                 sorted: Mutex::new(None),
             };
-            let mut map = std::mem::replace(&mut self.active, fresh).map;
-            map.settle();
+            let map = std::mem::replace(&mut self.active, fresh).map;
             let frozen = Frozen::new(map, self, self.active_first, segment - 1, self.active_epoch);
             self.layers.insert(0, Layer::Frozen(Arc::new(frozen)));
         }
@@ -689,7 +759,7 @@ impl Index {
     ) -> Vec<Source<'a>> {
         let mut s: Vec<Source<'a>> = Vec::with_capacity(layers.len() + 1);
         s.push(sorted_from(active, from));
-        s.extend(layers.iter().map(|l| l.iter_from(from)));
+        s.extend(layers.iter().map(|l| l.iter_keys_from(from)));
         s
     }
 
@@ -701,26 +771,39 @@ impl Index {
         }
         let active = self.active.sorted();
         // Out of order only past a damaged block, which the caller checks for.
-        let _sorted = merge(Self::sources(&active, &self.layers, from), |k, v| {
+        let _sorted = merge(Self::sources(&active, &self.layers, from), |_, _, k, v| {
             if let Some(s) = v {
-                out.push((k.to_vec(), s.version));
+                out.push((k.get().to_vec(), s.version));
             }
             out.len() < limit
         });
         out
     }
 
-    /// What counting live keys needs, taken under the lock: the active memtable's sorted view
-    /// (it is bounded by a segment) and the immutable layers.
-    pub(crate) fn count_snapshot(&self) -> (Arc<Sorted>, Vec<Layer>) {
-        (self.active.sorted(), self.layers.clone())
+    /// What counting live keys needs, taken under the lock: the active memtable in a run's
+    /// order (it is bounded by a segment) and the immutable layers.
+    pub(crate) fn count_snapshot(&self) -> (Hashed, Vec<Layer>) {
+        (self.active.hashed(), self.layers.clone())
     }
 
-    /// Counts the live keys of a [`Index::count_snapshot`] (one pass over every layer).
-    pub(crate) fn count_live(snapshot: &(Arc<Sorted>, Vec<Layer>)) -> usize {
+    /// Counts the live keys of a [`Index::count_snapshot`] (one pass over every layer, in a
+    /// run's order: no layer needs its key order for this).
+    pub(crate) fn count_live(snapshot: &(Hashed, Vec<Layer>)) -> usize {
         let mut n = 0;
+        // A count reads no key unless two hashes are equal; the key heaps are checked anyway,
+        // so that a count, like any read of the whole index, finds damage wherever it is.
+        for l in &snapshot.1 {
+            if let Layer::Run(r) = l {
+                if r.key_heap().is_none() {
+                    return 0;
+                }
+            }
+        }
+        let mut sources: Vec<Source<'_>> = Vec::with_capacity(snapshot.1.len() + 1);
+        sources.push(Source::Hashed(snapshot.0.iter()));
+        sources.extend(snapshot.1.iter().map(Layer::iter));
         // Out of order only past a damaged block, which the caller checks for.
-        let _sorted = merge(Self::sources(&snapshot.0, &snapshot.1, &[]), |_, v| {
+        let _sorted = merge(sources, |_, _, _, v| {
             n += usize::from(v.is_some());
             true
         });
@@ -734,7 +817,7 @@ impl Index {
     }
 
     /// [`Index::damaged`], for the layers of a [`Index::count_snapshot`].
-    pub(crate) fn snapshot_damaged(snapshot: &(Arc<Sorted>, Vec<Layer>)) -> bool {
+    pub(crate) fn snapshot_damaged(snapshot: &(Hashed, Vec<Layer>)) -> bool {
         snapshot.1.iter().any(Layer::damaged)
     }
 
@@ -837,7 +920,14 @@ struct ReplayBuffers {
 /// Replays `from..=to` into a run held in memory, with `chain_crc` as the chain value at its
 /// end (0 when the range does not end a sealed segment). Returns the run (none for an empty
 /// range) and how many records it read.
-fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32, bufs: &mut ReplayBuffers) -> Replayed {
+fn replay(
+    wal: &Wal,
+    from: u64,
+    to: u64,
+    chain_crc: u32,
+    seed: u64,
+    bufs: &mut ReplayBuffers,
+) -> Replayed {
     let ReplayBuffers {
         keys,
         changes: items,
@@ -902,26 +992,30 @@ fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32, bufs: &mut ReplayBuffer
         return Ok((None, 0));
     };
     let n = last - from.max(wal.first_lsn()) + 1;
-    let latest = sort.latest_per_key(items.len(), |i| items[i].key(keys));
+    let latest = sort.latest_per_key_by_hash(
+        items.len(),
+        |i| run::key_hash(seed, items[i].key(keys)),
+        |i| items[i].key(keys),
+    );
     let key_bytes = latest
         .iter()
-        .map(|&n| items[n as usize].key_len as usize)
+        .map(|&(_, n)| items[n as usize].key_len as usize)
         .sum();
     let mut b = RunBuilder::with_capacity(latest.len(), key_bytes);
-    // `latest` visits the changes in key order, so at random: ask for the change and the key
+    // `latest` visits the changes in hash order, so at random: ask for the change and the key
     // a few places ahead while this one is copied, hiding the cache misses behind each other.
     const AHEAD: usize = 8;
-    for (i, &n) in latest.iter().enumerate() {
-        if let Some(&m) = latest.get(i + 2 * AHEAD) {
+    for (i, &(hash, n)) in latest.iter().enumerate() {
+        if let Some(&(_, m)) = latest.get(i + 2 * AHEAD) {
             crate::mapped::prefetch(&items[m as usize]);
         }
-        if let Some(&m) = latest.get(i + AHEAD) {
+        if let Some(&(_, m)) = latest.get(i + AHEAD) {
             if let Some(k) = keys.get(items[m as usize].key_at as usize) {
                 crate::mapped::prefetch(k);
             }
         }
         let item = &items[n as usize];
-        b.push(item.key(keys), item.val());
+        b.push(hash, item.key(keys), item.val());
     }
     let meta = RunMeta {
         first_lsn: from,
@@ -929,6 +1023,7 @@ fn replay(wal: &Wal, from: u64, to: u64, chain_crc: u32, bufs: &mut ReplayBuffer
         chain_crc,
         epoch,
         end: (chain_crc == 0).then_some(last_at),
+        seed,
     };
     let bytes = b.finish(meta).ok_or_else(unfit)?;
     let run = Run::parse(Backing::Heap(bytes), None, true)
@@ -941,27 +1036,80 @@ fn unfit() -> crate::Error {
     crate::Error::Index("a change does not fit an index run entry".into())
 }
 
-/// Writes `bytes` as the run file for `meta` durably and returns it, mapped.
-fn write_run(wal: &Wal, meta: RunMeta, bytes: Vec<u8>) -> Result<Run> {
-    let io: &dyn Io = &**wal.io();
-    let dir = wal.dir().join(INDEX_DIR);
-    let err = |op: &'static str, p: &Path, e: std::io::Error| seglog_wal::Error::Io {
+fn io_err(op: &'static str, p: &Path, e: std::io::Error) -> seglog_wal::Error {
+    seglog_wal::Error::Io {
         op,
         path: p.to_path_buf(),
         source: e,
-    };
-    seglog_wal::io::create_dir_durable(io, &dir).map_err(|e| err("create directory", &dir, e))?;
-    let dst = dir.join(run::file_name(meta.first_lsn, meta.last_lsn));
-    let tmp = dst.with_extension("run.tmp");
+    }
+}
+
+/// Writes `bytes` as the file `name` of the index directory durably: to a temporary name,
+/// fdatasynced, renamed into place and the directory fsynced (created first, durably, when
+/// missing). Returns its path.
+fn write_durable(wal: &Wal, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    let io: &dyn Io = &**wal.io();
+    let dir = wal.dir().join(INDEX_DIR);
+    seglog_wal::io::create_dir_durable(io, &dir)
+        .map_err(|e| io_err("create directory", &dir, e))?;
+    let dst = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
     let f = io
         .create_truncate(&tmp)
-        .map_err(|e| err("create", &tmp, e))?;
-    f.write_at(&bytes, 0).map_err(|e| err("write", &tmp, e))?;
-    f.sync_data().map_err(|e| err("fdatasync", &tmp, e))?;
+        .map_err(|e| io_err("create", &tmp, e))?;
+    f.write_at(bytes, 0).map_err(|e| io_err("write", &tmp, e))?;
+    f.sync_data().map_err(|e| io_err("fdatasync", &tmp, e))?;
     drop(f);
-    io.rename(&tmp, &dst).map_err(|e| err("rename", &tmp, e))?;
+    io.rename(&tmp, &dst)
+        .map_err(|e| io_err("rename", &tmp, e))?;
     io.sync_dir(&dir)
-        .map_err(|e| err("fsync directory", &dir, e))?;
+        .map_err(|e| io_err("fsync directory", &dir, e))?;
+    Ok(dst)
+}
+
+/// The index directory's file holding its hash seed.
+const SEED_FILE: &str = "seed";
+
+/// The index's hash seed (see [`run::key_hash`]), from `DIR/index/seed`: 8 bytes, the seed
+/// little-endian, then their CRC-32C. When that file is missing or damaged, a new seed is
+/// chosen at random and written there durably; the run files, written under the old one, are
+/// then not used (their ranges are replayed). When it cannot be written (a read-only or full
+/// disk), the new seed is used for this process only: runs written under it are replayed at
+/// the next open, which costs time, never correctness.
+fn load_seed(wal: &Wal) -> u64 {
+    let path = wal.dir().join(INDEX_DIR).join(SEED_FILE);
+    let mut buf = [0u8; 12];
+    let read = wal
+        .io()
+        .open_read(&path)
+        .and_then(|f| f.read_at(&mut buf, 0));
+    if let Ok(12) = read {
+        let (seed, crc) = buf.split_at(8);
+        if crc32c::crc32c(seed).to_le_bytes() == crc {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(seed);
+            return u64::from_le_bytes(w);
+        }
+    }
+    let seed = {
+        use std::hash::BuildHasher;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        std::collections::hash_map::RandomState::new().hash_one((now, std::process::id()))
+    };
+    let mut bytes = seed.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&crc32c::crc32c(&seed.to_le_bytes()).to_le_bytes());
+    if let Err(e) = write_durable(wal, SEED_FILE, &bytes) {
+        tracing::warn!(error = %e, "could not write the index's hash seed; checkpoints written by this process will be replayed at the next open");
+    }
+    seed
+}
+
+/// Writes `bytes` as the run file for `meta` durably and returns it, mapped.
+fn write_run(wal: &Wal, meta: RunMeta, bytes: Vec<u8>) -> Result<Run> {
+    let err = io_err;
+    let dst = write_durable(wal, &run::file_name(meta.first_lsn, meta.last_lsn), &bytes)?;
     let backing = if wal.files_are_real() {
         let map = crate::mapped::map_file(&dst).map_err(|e| err("mmap", &dst, e))?;
         run::recycle(bytes);
@@ -975,6 +1123,105 @@ fn write_run(wal: &Wal, meta: RunMeta, bytes: Vec<u8>) -> Result<Run> {
             dst.display()
         ))
     })
+}
+
+/// Merges `group` (adjacent layers, newest first) into a run's entries, without tombstones
+/// when `drop_tombstones`. `None` when an input was found damaged (the caller repairs it
+/// first). `between` is called every [`BETWEEN_EVERY`] entries; an error from it ends the
+/// merge.
+fn merge_layers(
+    group: &[Layer],
+    drop_tombstones: bool,
+    between: &mut dyn FnMut() -> Result<()>,
+) -> Result<Option<RunBuilder>> {
+    let entries: usize = group.iter().map(Layer::len).sum();
+    let key_bytes: usize = group.iter().map(Layer::key_bytes).sum();
+    let mut b = RunBuilder::with_capacity(entries, key_bytes);
+    let runs: Option<Vec<&Run>> = group
+        .iter()
+        .map(|l| match l {
+            Layer::Run(r) => Some(&**r),
+            Layer::Frozen(_) => None,
+        })
+        .collect();
+    if let Some(runs) = runs.filter(|r| r.len() > 1) {
+        // Run files only (a merge): entries copied as bytes (see `run::merge_runs`).
+        let mut failed = None;
+        let merged = run::merge_runs(&runs, drop_tombstones, &mut b, BETWEEN_EVERY, &mut || {
+            between().map_err(|e| failed = Some(e)).is_ok()
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        return match merged {
+            None => Ok(None),
+            Some(true) => Ok(Some(b)),
+            Some(false) => Err(out_of_order(group)),
+        };
+    }
+    // Each input's key heap is copied whole, and the entries point into the copies: a merge in
+    // a run's order visits the keys at random, and copying them one by one cost a cache miss
+    // a key (a segment's flush of 262k entries took 27-29 ms of CPU that way). Superseded keys
+    // come along; `RunBuilder::finish` drops them when they are the most. For each input: the
+    // heap its keys are located in, and where its copy starts.
+    let mut heaps: Vec<(&[u8], usize)> = Vec::with_capacity(group.len());
+    for l in group {
+        let (locate, copy) = match l {
+            Layer::Frozen(f) => (f.map.key_heap(), Some(f.map.key_heap())),
+            Layer::Run(r) => (r.key_heap_unchecked(), r.key_heap()),
+        };
+        // A heap block that fails its checksum marks its run damaged: the caller repairs it.
+        let Some(copy) = copy else {
+            return Ok(None);
+        };
+        heaps.push((locate, b.add_heap(copy)));
+    }
+    // A damaged block reads as entries out of order: the merge stops there rather than build
+    // a run that is not ordered.
+    let (mut visited, mut failed) = (0usize, None);
+    let in_order = merge(group.iter().map(Layer::iter).collect(), |src, h, k, v| {
+        if v.is_some() || !drop_tombstones {
+            // Every key of a layer's walk or cursor is in its heap; copied alone otherwise.
+            match heaps
+                .get(src)
+                .and_then(|&(heap, base)| Some((base, k.place_in(heap)?)))
+            {
+                Some((base, (off, len))) => b.push_placed(h, base + off, len, v),
+                None => b.push(h, k.get(), v),
+            }
+        }
+        visited += 1;
+        if visited.is_multiple_of(BETWEEN_EVERY) {
+            if let Err(e) = between() {
+                failed = Some(e);
+                return false;
+            }
+        }
+        true
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if group.iter().any(Layer::damaged) {
+        // The merge read a damaged block: its output is not to be trusted. The caller repairs
+        // the input first.
+        return Ok(None);
+    }
+    if !in_order {
+        return Err(out_of_order(group));
+    }
+    Ok(Some(b))
+}
+
+/// The error for layers that merge out of order though none of their blocks is damaged.
+fn out_of_order(group: &[Layer]) -> crate::Error {
+    let (first, last) = match (group.last(), group.first()) {
+        (Some(o), Some(n)) => (o.first_lsn(), n.last_lsn()),
+        _ => (0, 0),
+    };
+    crate::Error::Index(format!(
+        "index layers {first}..={last} merge out of order without a damaged block"
+    ))
 }
 
 /// Replaces `group` (adjacent layers, newest first) by one run file. Returns false when the
@@ -999,41 +1246,11 @@ fn replace(
         chain_crc,
         epoch: group.iter().map(Layer::epoch).max().unwrap_or(0),
         end,
+        seed: state.read().seed,
     };
-    let entries: usize = group.iter().map(Layer::len).sum();
-    let key_bytes: usize = group.iter().map(Layer::key_bytes).sum();
-    let mut b = RunBuilder::with_capacity(entries, key_bytes);
-    // A damaged block reads as keys out of order: the merge stops there rather than build a
-    // run that is not sorted.
-    let (mut visited, mut failed) = (0usize, None);
-    let in_order = merge(group.iter().map(|l| l.iter_from(&[])).collect(), |k, v| {
-        if v.is_some() || !drop_tombstones {
-            b.push(k, v);
-        }
-        visited += 1;
-        if visited.is_multiple_of(BETWEEN_EVERY) {
-            if let Err(e) = between() {
-                failed = Some(e);
-                return false;
-            }
-        }
-        true
-    });
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    if group.iter().any(Layer::damaged) {
-        // The merge read a damaged block: its output is not to be trusted. The caller repairs
-        // the input first.
+    let Some(b) = merge_layers(group, drop_tombstones, between)? else {
         return Ok(false);
-    }
-    if !in_order {
-        return Err(crate::Error::Index(format!(
-            "index layers {}..={} merge out of key order without a damaged block",
-            oldest.first_lsn(),
-            newest.last_lsn()
-        )));
-    }
+    };
     let bytes = b.finish(meta).ok_or_else(unfit)?;
     let run = Layer::Run(Arc::new(write_run(wal, meta, bytes)?));
     {
@@ -1287,8 +1504,8 @@ pub(crate) fn write_at_close(
             return Ok(false);
         };
         if idx.active_first <= lsn {
-            let mut map = std::mem::take(&mut idx.active).map;
-            map.settle();
+            let fresh = Memtable::new(idx.seed);
+            let map = std::mem::replace(&mut idx.active, fresh).map;
             let frozen = Frozen::new(map, &idx, idx.active_first, lsn, idx.active_epoch);
             idx.layers.insert(0, Layer::Frozen(Arc::new(frozen)));
             idx.active_first = lsn + 1;
@@ -1340,7 +1557,8 @@ pub(crate) fn repair_damaged(wal: &Wal, state: &RwLock<Index>) -> Result<usize> 
             next = job.1 + 1;
         }
         let mut newest_first = Vec::with_capacity(jobs.len());
-        for replayed in replay_all(wal, &jobs) {
+        let seed = state.read().seed;
+        for replayed in replay_all(wal, &jobs, seed) {
             if let (Some(r), _) = replayed? {
                 newest_first.push(Layer::Run(Arc::new(r)));
             }
@@ -1375,9 +1593,9 @@ pub(crate) fn repair_damaged(wal: &Wal, state: &RwLock<Index>) -> Result<usize> 
     Ok(repaired)
 }
 
-/// Replays each `(from, to, chain_crc)` job (see [`replay`]), one worker a core, each taking
-/// the next job; the results come back in job order.
-fn replay_all(wal: &Wal, jobs: &[(u64, u64, u32)]) -> Vec<Replayed> {
+/// Replays each `(from, to, chain_crc)` job (see [`replay`]) with hashes under `seed`, one
+/// worker a core, each taking the next job; the results come back in job order.
+fn replay_all(wal: &Wal, jobs: &[(u64, u64, u32)], seed: u64) -> Vec<Replayed> {
     let results: Vec<Mutex<Option<Replayed>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -1392,7 +1610,7 @@ fn replay_all(wal: &Wal, jobs: &[(u64, u64, u32)]) -> Vec<Replayed> {
                     let Some(&(from, to, chain)) = jobs.get(j) else {
                         break;
                     };
-                    *results[j].lock() = Some(replay(wal, from, to, chain, &mut bufs));
+                    *results[j].lock() = Some(replay(wal, from, to, chain, seed, &mut bufs));
                 }
             });
         }
@@ -1412,7 +1630,8 @@ fn replay_all(wal: &Wal, jobs: &[(u64, u64, u32)]) -> Vec<Replayed> {
 }
 
 /// Removes files of the index directory that no layer uses: runs replaced by a merge before a
-/// crash, unusable runs, temporary files, checkpoints of an older format.
+/// crash, unusable runs, temporary files, checkpoints of an older format (the hash seed's
+/// file stays).
 pub(crate) fn remove_unused(
     wal: &Wal,
     state: &RwLock<Index>,
@@ -1432,7 +1651,7 @@ pub(crate) fn remove_unused(
     let mut removed = 0;
     for name in wal.io().list_dir(&dir).unwrap_or_default() {
         let p = dir.join(&name);
-        if used.contains(&p) || wal.io().is_dir(&p) {
+        if used.contains(&p) || name == SEED_FILE || wal.io().is_dir(&p) {
             continue;
         }
         if let Err(e) = wal.io().remove_file(&p) {
@@ -1457,11 +1676,12 @@ mod tests {
     use proptest::prelude::*;
 
     /// Any source a test makes up, for [`merge`].
-    type Entries<'a> = Box<dyn Iterator<Item = (&'a [u8], Val)> + 'a>;
+    type Entries<'a> = Box<dyn Iterator<Item = (u64, KeyRef<'a>, Val)> + 'a>;
 
     proptest! {
         /// Keys short and long, sharing prefixes and trailing zero bytes, against a map where
-        /// the newest source wins.
+        /// the newest source wins: in key order (every hash 0), and in a run's order with
+        /// hashes that few keys share (the key length) or none (a real hash).
         #[test]
         fn merge_visits_each_key_once_in_order_with_the_newest_state(
             sources in proptest::collection::vec(
@@ -1471,42 +1691,56 @@ mod tests {
                     0..40,
                 ),
                 0..5,
-            )
+            ),
+            hashing in 0..3u8,
         ) {
+            let hash = |k: &[u8]| match hashing {
+                0 => 0,
+                1 => k.len() as u64,
+                _ => run::key_hash(7, k),
+            };
             let mut model = std::collections::BTreeMap::new();
             for (newest_first, src) in sources.iter().enumerate().rev() {
                 for (k, &v) in src {
-                    model.insert(k.clone(), (newest_first, v));
+                    model.insert((hash(k), k.clone()), (newest_first, v));
                 }
             }
             let slot = |v: u64| Some(Slot { version: v, location: Location::default() });
             let iters: Vec<Entries<'_>> = sources
                 .iter()
-                .map(|src| Box::new(src.iter().map(move |(k, &v)| (k.as_slice(), slot(v)))) as Entries<'_>)
+                .map(|src| {
+                    let mut v: Vec<(u64, &[u8], Val)> =
+                        src.iter().map(|(k, &v)| (hash(k), k.as_slice(), slot(v))).collect();
+                    v.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+                    Box::new(v.into_iter().map(|(h, k, v)| (h, KeyRef::new(k), v))) as Entries<'_>
+                })
                 .collect();
             let mut seen = Vec::new();
-            let sorted = merge(iters, |k, v| {
-                seen.push((k.to_vec(), v));
+            let sorted = merge(iters, |_, h, k, v| {
+                seen.push(((h, k.get().to_vec()), v));
                 true
             });
             prop_assert!(sorted);
-            let want: Vec<(Vec<u8>, Val)> = model.into_iter().map(|(k, (_, v))| (k, slot(v))).collect();
+            let want: Vec<((u64, Vec<u8>), Val)> =
+                model.into_iter().map(|(k, (_, v))| (k, slot(v))).collect();
             prop_assert_eq!(seen, want);
         }
     }
 
     #[test]
-    fn merge_stops_at_a_key_out_of_order() {
-        // As a damaged run reads: an empty key where a later one should be.
-        let damaged: Vec<&[u8]> = vec![b"b", b"d", b"", b"f"];
-        let sound: Vec<&[u8]> = vec![b"c", b"e"];
+    fn merge_stops_at_an_entry_out_of_order() {
+        // As a damaged run reads: hash 0 and an empty key where a later entry should be.
+        let damaged: Vec<(u64, &[u8])> = vec![(5, b"b"), (7, b"d"), (0, b""), (9, b"f")];
+        let sound: Vec<(u64, &[u8])> = vec![(6, b"c"), (8, b"e")];
         let iters: Vec<Entries<'_>> = [damaged, sound]
             .into_iter()
-            .map(|keys| Box::new(keys.into_iter().map(|k| (k, None))) as Entries<'_>)
+            .map(|keys| {
+                Box::new(keys.into_iter().map(|(h, k)| (h, KeyRef::new(k), None))) as Entries<'_>
+            })
             .collect();
         let mut seen = Vec::new();
-        let sorted = merge(iters, |k, _| {
-            seen.push(k);
+        let sorted = merge(iters, |_, _, k, _| {
+            seen.push(k.get());
             true
         });
         assert!(!sorted);
@@ -1514,14 +1748,24 @@ mod tests {
         assert_eq!(seen, [&b"b"[..], b"c", b"d"]);
 
         // Alone (the single-source loop), the damaged source stops the merge at the same key.
-        let damaged: Vec<&[u8]> = vec![b"b", b"d", b"", b"f"];
+        let damaged: Vec<(u64, &[u8])> = vec![(5, b"b"), (7, b"d"), (0, b""), (9, b"f")];
         let mut seen = Vec::new();
-        let sorted = merge(vec![damaged.into_iter().map(|k| (k, None))], |k, _| {
-            seen.push(k);
-            true
-        });
+        let sorted = merge(
+            vec![damaged.into_iter().map(|(h, k)| (h, KeyRef::new(k), None))],
+            |_, _, k, _| {
+                seen.push(k.get());
+                true
+            },
+        );
         assert!(!sorted);
         assert_eq!(seen, [&b"b"[..], b"d"]);
+        // Equal hashes, keys out of order: stopped too.
+        let keys: Vec<(u64, &[u8])> = vec![(5, b"b"), (5, b"a")];
+        let sorted = merge(
+            vec![keys.into_iter().map(|(h, k)| (h, KeyRef::new(k), None))],
+            |_, _, _, _| true,
+        );
+        assert!(!sorted);
     }
 
     fn frozen(spare: &Spare) -> Frozen {
@@ -1532,7 +1776,7 @@ mod tests {
         let backlog = backlog.clone();
         backlog.frozen.fetch_add(1, Ordering::AcqRel);
         Frozen {
-            map: KeyMap::with_capacity(10, 100),
+            map: KeyMap::with_capacity(10, 100, 0),
             spare: spare.clone(),
             backlog,
             sorted: OnceLock::new(),
@@ -1606,7 +1850,7 @@ mod tests {
 
     #[test]
     fn writers_wait_while_too_many_frozen_memtables_wait_to_be_written() {
-        let spare = Spare::default();
+        let spare: Spare = Arc::new(Mutex::new(SparePool::new(0)));
         let backlog = Arc::new(Backlog::default());
         backlog.set_writing(true);
         let mut alive: Vec<Frozen> = (0..MAX_FROZEN_MEMTABLES)
@@ -1661,7 +1905,7 @@ mod tests {
 
     #[test]
     fn the_spare_pool_prepares_one_map_and_keeps_a_bounded_number() {
-        let spare = Spare::default();
+        let spare: Spare = Arc::new(Mutex::new(SparePool::new(0)));
         stock_spare(&spare);
         assert!(
             spare.lock().ready.is_empty(),

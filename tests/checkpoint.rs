@@ -125,7 +125,7 @@ fn largest(r: &[PathBuf]) -> PathBuf {
 
 #[test]
 fn missing_truncated_damaged_or_foreign_runs_fall_back_to_replay() {
-    let damages: [(&str, Damage); 6] = [
+    let damages: [(&str, Damage); 8] = [
         ("deleted", |r| {
             std::fs::remove_file(&r[0]).unwrap();
             r[0].clone()
@@ -171,6 +171,20 @@ fn missing_truncated_damaged_or_foreign_runs_fall_back_to_replay() {
             }
             r[0].clone()
         }),
+        // Without the hash seed the runs were written under, their order means nothing: a
+        // new seed is chosen and every run is ignored.
+        ("the hash seed deleted", |r| {
+            let seed = r[0].with_file_name("seed");
+            std::fs::remove_file(&seed).unwrap();
+            seed
+        }),
+        ("the hash seed damaged", |r| {
+            let seed = r[0].with_file_name("seed");
+            let mut b = std::fs::read(&seed).unwrap();
+            b[3] ^= 0x10;
+            std::fs::write(&seed, &b).unwrap();
+            seed
+        }),
     ];
     for (what, damage) in damages {
         let tmp = tempfile::tempdir().unwrap();
@@ -196,6 +210,13 @@ fn missing_truncated_damaged_or_foreign_runs_fall_back_to_replay() {
         } else {
             assert!(r.segments_replayed >= 1, "{what}: {r:?}");
             assert_eq!(repaired, 0, "{what}");
+        }
+        if what.starts_with("the hash seed") {
+            assert_eq!(
+                r.run_files, 0,
+                "{what}: a run used under another seed: {r:?}"
+            );
+            assert_eq!(r.segments_replayed, sealed_segments(tmp.path()), "{what}");
         }
         // The replayed segments get runs again, so the next open replays nothing sealed.
         e.checkpoint_now().unwrap();
