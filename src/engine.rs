@@ -27,8 +27,7 @@
 //! segment, a memtable entry in memory (32 bytes, 11 to 21 bytes of hash table, and the key);
 //! per key in a run file, 32 bytes plus the key (up to twice the key in a merged run, which
 //! keeps superseded keys until they are half its heap), mapped from the file (page cache, not
-//! heap);
-//! once a scan has read a run, 4 bytes per entry of it in the heap (its key order).
+//! heap); once a scan has read a run, 4 bytes per entry of it in the heap (its key order).
 
 use crate::cache::ValueCache;
 use crate::error::{Error, Result};
