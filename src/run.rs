@@ -5,7 +5,8 @@
 //! by the key's 64-bit hash ([`key_hash`]; among equal hashes, which distinct keys rarely share,
 //! by key). That order is what makes writing the index cheap: a memtable is a hash table placed
 //! by the same hash's high bits, so it is written as a run by walking its table, without a sort
-//! (`keymap::HashWalk`, which reads no key: the memtable keeps each key's hash); a run's key
+//! (`keymap::HashWalk`, which reads the table front to back and no key: each cell holds its
+//! key's hash and value); a run's key
 //! heap is its inputs' heaps copied whole, its entries pointing into the copies, so no key is
 //! copied on its own (in hash order that would be a cache miss a key); runs merge in one
 //! sequential pass comparing 64-bit integers ([`merge_runs`]); and a
