@@ -409,6 +409,9 @@ impl Engine {
         let spare_stocker = std::thread::Builder::new()
             .name("seglog-spares".into())
             .spawn(move || {
+                // Background work too (emptying a 16 MiB table, writing a byte a page): at the
+                // writers' priority it preempted them on their core (see `CHECKPOINTER_NICE`).
+                crate::mapped::lower_thread_priority(CHECKPOINTER_NICE);
                 while spare_rx.recv().is_ok() {
                     index::stock_spare(&spare);
                 }

@@ -42,8 +42,9 @@
 //! ```
 //!
 //! # Invariants
-//! - A run file is written whole to a temporary name, fsynced, renamed into place and its
-//!   directory fsynced; it is never modified afterwards, only unlinked once a merged run that
+//! - A run file is written whole to a temporary name, renamed into place and its directory
+//!   fsynced (fdatasynced before the rename, but for the runs written after a roll: see
+//!   `index::write_run`); it is never modified afterwards, only unlinked once a merged run that
 //!   covers it is durable (or once it was found damaged and its range replayed). That is what
 //!   makes mapping it sound (see [`crate::mapped`]).
 //! - A run file is used only when its block checksums and header hold and the log has its end:
@@ -873,8 +874,10 @@ pub(crate) struct Run {
     checked: Box<[AtomicU64]>,
     /// Set when a block's checksum failed: nothing this run says can be trusted.
     damaged: AtomicBool,
-    /// The run's file once it is durable; `None` for a run that lives only in memory.
+    /// The run's file once it is written; `None` for a run that lives only in memory.
     path: Option<PathBuf>,
+    /// Set once its file is known durable (fdatasynced by this process).
+    synced: AtomicBool,
 }
 
 impl Run {
@@ -919,6 +922,7 @@ impl Run {
             checked,
             damaged: AtomicBool::new(false),
             path,
+            synced: AtomicBool::new(false),
         };
         // The header's fields were read above before their check: it decides now.
         let h = run.checked(0..HEADER_LEN)?;
@@ -1033,9 +1037,19 @@ impl Run {
         self.backing.bytes().len()
     }
 
-    /// True when the run is a durable file; false for one that lives only in memory.
+    /// True when the run is a file; false for one that lives only in memory.
     pub(crate) fn durable(&self) -> bool {
         self.path.is_some()
+    }
+
+    /// True once its file is known durable (see `index::write_run`).
+    pub(crate) fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Records that its file was fdatasynced.
+    pub(crate) fn mark_synced(&self) {
+        self.synced.store(true, Ordering::Release);
     }
 
     pub(crate) fn path(&self) -> Option<&Path> {
