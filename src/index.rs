@@ -360,8 +360,8 @@ impl Layer {
             Layer::Run(r) => r.key_bytes(),
         }
     }
-    fn durable(&self) -> bool {
-        matches!(self, Layer::Run(r) if r.durable())
+    fn in_file(&self) -> bool {
+        matches!(self, Layer::Run(r) if r.in_file())
     }
     /// True for a run found damaged (see [`Run::damaged`]); memtables never are.
     fn damaged(&self) -> bool {
@@ -834,7 +834,7 @@ impl Index {
         for l in &self.layers {
             match l {
                 Layer::Frozen(f) => s.memtable_entries += f.map.len(),
-                Layer::Run(r) if r.durable() => {
+                Layer::Run(r) if r.in_file() => {
                     s.run_files += 1;
                     s.run_file_bytes += r.byte_len() as u64;
                 }
@@ -1440,11 +1440,11 @@ fn flush_one(wal: &Wal, state: &RwLock<Index>) -> Result<Step> {
         let idx = state.read();
         idx.layers
             .iter()
-            .rposition(|l| !l.durable())
+            .rposition(|l| !l.in_file())
             .and_then(|oldest| {
                 let in_memory = (0..=oldest)
                     .rev()
-                    .take_while(|&j| !idx.layers[j].durable())
+                    .take_while(|&j| !idx.layers[j].in_file())
                     .last()
                     .unwrap_or(oldest);
                 let end = (in_memory..=oldest)
@@ -1516,7 +1516,7 @@ fn merge_one(wal: &Wal, state: &RwLock<Index>) -> Result<Step> {
     let window: Option<(Vec<Layer>, u32, Option<Location>, bool)> = {
         let idx = state.read();
         let l = &idx.layers;
-        let shape: Vec<(bool, usize)> = l.iter().map(|x| (x.durable(), x.len())).collect();
+        let shape: Vec<(bool, usize)> = l.iter().map(|x| (x.in_file(), x.len())).collect();
         merge_window(&shape).map(|w| {
             // The merged run ends where its newest input does, and is checked the same way.
             let (chain, end) = match &l[w.start] {
@@ -1604,7 +1604,7 @@ pub(crate) fn write_at_close(
             idx.active_first = lsn + 1;
             idx.active_epoch = 0;
         }
-        let n = idx.layers.iter().take_while(|l| !l.durable()).count();
+        let n = idx.layers.iter().take_while(|l| !l.in_file()).count();
         if n == 0 || idx.layers[0].last_lsn() != lsn {
             return Ok(false);
         }

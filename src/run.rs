@@ -1038,7 +1038,7 @@ impl Run {
     }
 
     /// True when the run is a file; false for one that lives only in memory.
-    pub(crate) fn durable(&self) -> bool {
+    pub(crate) fn in_file(&self) -> bool {
         self.path.is_some()
     }
 
