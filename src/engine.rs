@@ -458,6 +458,9 @@ impl Engine {
     /// Writes, now, the index runs (checkpoints) of every sealed segment that has none yet and
     /// merges run files of comparable size. Returns how many run files it wrote. (A background
     /// thread does this after every roll; tests and benchmarks call it to know the work is done.)
+    /// As there, a segment's run is not fdatasynced (merged runs are): a power loss may cost
+    /// replaying its segment at the next open, never a wrong index; `close` makes them all
+    /// durable (see docs/durability.md).
     pub fn checkpoint_now(&self) -> Result<usize> {
         // Queued changes may hold a roll: applied, its memtable is frozen and written below.
         drop(self.core.fresh());
