@@ -391,16 +391,27 @@ impl Engine {
                 }
                 // Cleared however this thread ends (see `index::Backlog`).
                 let _writing = backlog.writing_until_dropped();
-                // Runs replayed at open are written at once; later work comes with each roll.
+                // Runs replayed at open are written at once; later work comes with each roll,
+                // and run files are made durable once old enough (see `index::sync_runs`).
                 let mut nudged = Ok(Nudge::SegmentSealed);
-                while nudged.is_ok() {
-                    let round = index::maintain(wal, state, lock);
-                    // Writers wait for room only while rounds succeed (see `index::Backlog`).
-                    backlog.set_writing(round.is_ok());
-                    if let Err(e) = round {
-                        tracing::warn!(error = %e, "could not write index runs (the index stays in memory; reopening replays those segments)");
+                loop {
+                    if nudged.is_ok() {
+                        let round = index::maintain(wal, state, lock);
+                        // Writers wait for room only while rounds succeed (see
+                        // `index::Backlog`).
+                        backlog.set_writing(round.is_ok());
+                        if let Err(e) = round {
+                            tracing::warn!(error = %e, "could not write index runs (the index stays in memory; reopening replays those segments)");
+                        }
                     }
-                    nudged = rx.recv();
+                    if let Err(e) = index::sync_old_runs(wal, state, lock) {
+                        tracing::warn!(error = %e, "could not make index runs durable (a power loss would cost replaying their segments)");
+                    }
+                    nudged = match rx.recv_timeout(index::RUN_SYNC_AFTER / 4) {
+                        Ok(n) => Ok(n),
+                        Err(RecvTimeoutError::Timeout) => Err(()),
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    };
                 }
             })
             .map_err(|e| spawn_failed("spawn checkpointer thread", e))?;
@@ -458,13 +469,21 @@ impl Engine {
     /// Writes, now, the index runs (checkpoints) of every sealed segment that has none yet and
     /// merges run files of comparable size. Returns how many run files it wrote. (A background
     /// thread does this after every roll; tests and benchmarks call it to know the work is done.)
-    /// As there, a segment's run is not fdatasynced (merged runs are): a power loss may cost
-    /// replaying its segment at the next open, never a wrong index; `close` makes them all
+    /// As there, the runs are not fdatasynced: a power loss may cost replaying their segments
+    /// at the next open, never a wrong index; [`Engine::sync_index`] and `close` make them
     /// durable (see docs/durability.md).
     pub fn checkpoint_now(&self) -> Result<usize> {
         // Queued changes may hold a roll: applied, its memtable is frozen and written below.
         drop(self.core.fresh());
         index::maintain(&self.core.wal, &self.core.state, &self.checkpoint_lock)
+    }
+
+    /// Makes every index run file durable now (fdatasync), and removes the run files that
+    /// merges replaced and kept until then. The checkpointer does this for run files
+    /// [`crate::RUN_SYNC_AFTER`] old, and `close` for all; after it, a power loss costs the next
+    /// open no replay of what the run files cover.
+    pub fn sync_index(&self) -> Result<()> {
+        index::sync_all_runs(&self.core.wal, &self.core.state, &self.checkpoint_lock)
     }
 
     /// Sets `key` to `value`; returns the new version.

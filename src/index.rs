@@ -26,10 +26,12 @@
 //!   or flushed run can be checked against the log at the next open.
 //! - Layers are replaced only by the background task (under the checkpoint lock), by a run
 //!   that covers exactly their ranges; the write path only adds at the newest end. A merged
-//!   run file is durable before the files it replaces are unlinked, so after a crash the open
-//!   finds either the inputs or the output, and takes the longest valid run at each step.
-//! - A run written after a roll is not fdatasynced (see `write_run`): a power loss may leave
-//!   it missing or torn, and the open then replays its range. A clean close syncs them all.
+//!   run file is durable before the files it replaces are unlinked (they are kept until then,
+//!   see `Run::retire`), so after a crash the open finds the inputs, the output or both, and
+//!   takes the longest valid run at each step.
+//! - Run files are not fdatasynced when written, but once [`RUN_SYNC_AFTER`] old (see
+//!   `write_run`): a power loss may leave one missing or torn, and the open then replays its
+//!   range. `Engine::sync_index` and a clean close sync them all.
 
 use crate::error::Result;
 use crate::keymap::KeyMap;
@@ -549,7 +551,7 @@ impl Index {
         files.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         // What each stretch of the log comes from: a run file, or a replay (LSN range, chain).
         enum Part {
-            File(Run),
+            File(Box<Run>),
             Replay(u64, u64, u32),
         }
         let mut parts: Vec<Part> = Vec::new();
@@ -581,7 +583,7 @@ impl Index {
                     .filter(|s| s.first_lsn >= m.first_lsn && s.last_lsn <= m.last_lsn)
                     .count();
                 next = m.last_lsn + 1;
-                parts.push(Part::File(r));
+                parts.push(Part::File(Box::new(r)));
                 continue;
             }
             match sealed
@@ -612,7 +614,7 @@ impl Index {
         let mut oldest_first: Vec<Layer> = Vec::with_capacity(parts.len());
         for p in parts {
             let run = match p {
-                Part::File(r) => Some(r),
+                Part::File(r) => Some(*r),
                 Part::Replay(..) => {
                     // One result a job, in job order.
                     let (r, n) = replayed.next().ok_or_else(|| {
@@ -837,6 +839,8 @@ impl Index {
                 Layer::Run(r) if r.in_file() => {
                     s.run_files += 1;
                     s.run_file_bytes += r.byte_len() as u64;
+                    s.unsynced_run_files += usize::from(!r.synced());
+                    s.retired_run_files += r.retired().len();
                 }
                 Layer::Run(r) => s.memory_run_bytes += r.byte_len() as u64,
             }
@@ -858,6 +862,10 @@ pub struct IndexShape {
     pub run_files: usize,
     /// Their bytes (mapped, in the page cache, not the heap).
     pub run_file_bytes: u64,
+    /// Run files not yet known durable (see [`RUN_SYNC_AFTER`]).
+    pub unsynced_run_files: usize,
+    /// Run files that merges replaced, kept until the merged runs are durable.
+    pub retired_run_files: usize,
     /// Run files found damaged since open (a block failed its checksum when first read) and
     /// replaced by replaying the records they covered.
     pub runs_repaired: usize,
@@ -1049,8 +1057,8 @@ fn io_err(op: &'static str, p: &Path, e: std::io::Error) -> seglog_wal::Error {
 /// Writes `bytes` as the file `name` of the index directory: to a temporary name, renamed
 /// into place and the directory fsynced (created first, durably, when missing). With
 /// `sync_data` the file is fdatasynced before the rename, so that its name never stands for
-/// bytes that are not durable; without, its writeback is only started (see [`write_run`] for
-/// when that is enough). Returns its path.
+/// bytes that are not durable; without, its bytes are left to the kernel's writeback (see
+/// [`write_run`] for when that is enough). Returns its path.
 fn write_index_file(wal: &Wal, name: &str, bytes: &[u8], sync_data: bool) -> Result<PathBuf> {
     let io: &dyn Io = &**wal.io();
     let dir = wal.dir().join(INDEX_DIR);
@@ -1064,9 +1072,6 @@ fn write_index_file(wal: &Wal, name: &str, bytes: &[u8], sync_data: bool) -> Res
     f.write_at(bytes, 0).map_err(|e| io_err("write", &tmp, e))?;
     if sync_data {
         f.sync_data().map_err(|e| io_err("fdatasync", &tmp, e))?;
-    } else {
-        f.start_writeback(0, bytes.len() as u64)
-            .map_err(|e| io_err("sync_file_range", &tmp, e))?;
     }
     drop(f);
     io.rename(&tmp, &dst)
@@ -1120,14 +1125,17 @@ fn load_seed(wal: &Wal) -> u64 {
 /// loss, and is then ignored at the next open, which replays its range instead (its
 /// checksums tell).
 ///
-/// Only the runs written after a roll skip the fdatasync: nothing else depends on them (no
-/// file is unlinked for them, and their segments stay), so their loss costs a replay of a
-/// few recent segments. The fdatasync of each was what slowed the writer most: 3 M puts of
-/// 200 B under `never` came to 1.16-1.60 times the raw appends with it and 1.13-1.22 times
-/// without, its writes of 13 MiB at once delaying the log's own writeback and the fsync of
-/// each roll. Merged runs are synced (their inputs are unlinked after them, and a large one
-/// lost would mean replaying much of the log), and so is the run written at a clean close,
-/// after every run file before it (see [`write_at_close`]).
+/// Only the run written at a clean close is synced here (after every run file before it,
+/// see [`write_at_close`]). The others, a roll's and a merge's, are left to the kernel's
+/// writeback, and [`sync_runs`] makes them durable once [`RUN_SYNC_AFTER`] old, or at close:
+/// - nothing depends on them meanwhile: their segments stay, and a merge keeps the files it
+///   replaced until its own is durable (see [`Run::retire`]), so a power loss costs a replay
+///   of what the lost runs covered since their inputs, never a wrong index;
+/// - their writes, at the moment a flush or a merge ends, were what slowed the writer most:
+///   tens of MiB at once on the log's device, ahead of its own writeback and of each roll's
+///   fsync. 3 M puts of 200 B under `never` came to 1.16-1.60 times the raw appends with
+///   every run fdatasynced, 1.12-1.44 times with merges only, and 1.07-1.19 times with none
+///   synced nor written back at once (same runs, alternating).
 fn write_run(wal: &Wal, meta: RunMeta, bytes: Vec<u8>, sync_data: bool) -> Result<Run> {
     let err = io_err;
     let name = run::file_name(meta.first_lsn, meta.last_lsn);
@@ -1312,7 +1320,26 @@ fn replace(
         return Ok(false);
     };
     let bytes = b.finish(meta).ok_or_else(unfit)?;
-    let run = Layer::Run(Arc::new(write_run(wal, meta, bytes, sync_data)?));
+    // The files of the group, and those its runs still keep (see `Run::retire`): removed once
+    // the new run is durable, at once when it is synced now.
+    let replaced: Vec<PathBuf> = group
+        .iter()
+        .filter_map(|l| match l {
+            Layer::Run(r) => Some(r),
+            Layer::Frozen(_) => None,
+        })
+        .flat_map(|r| {
+            r.path()
+                .map(Path::to_path_buf)
+                .into_iter()
+                .chain(r.retired())
+        })
+        .collect();
+    let written = write_run(wal, meta, bytes, sync_data)?;
+    if !sync_data {
+        written.retire(replaced.clone());
+    }
+    let run = Layer::Run(Arc::new(written));
     {
         let mut idx = state.write();
         let Some(at) = idx.layers.iter().position(|l| l.same(newest)) else {
@@ -1329,29 +1356,33 @@ fn replace(
         }
         idx.layers.splice(at..at + n, [run]);
     }
-    // The merged run is durable and installed: the files it replaces can go.
-    let dir = wal.dir().join(INDEX_DIR);
+    if sync_data {
+        // The new run is durable and installed: the files it replaces can go.
+        remove_run_files(wal, &replaced)?;
+    }
+    Ok(true)
+}
+
+/// Removes `files` from the index directory (those already gone are skipped; one that cannot
+/// be removed is left to the next open's clean-up), then fsyncs the directory.
+fn remove_run_files(wal: &Wal, files: &[PathBuf]) -> Result<()> {
     let mut removed = false;
-    for l in group {
-        if let Layer::Run(r) = l {
-            if let Some(p) = r.path() {
-                match wal.io().remove_file(p) {
-                    Ok(()) => removed = true,
-                    Err(e) => {
-                        tracing::warn!(run = %p.display(), error = %e, "could not remove a merged index run")
-                    }
-                }
+    for p in files {
+        match wal.io().remove_file(p) {
+            Ok(()) => removed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(run = %p.display(), error = %e, "could not remove a replaced index run")
             }
         }
     }
     if removed {
-        wal.io().sync_dir(&dir).map_err(|e| seglog_wal::Error::Io {
-            op: "fsync directory",
-            path: dir.clone(),
-            source: e,
-        })?;
+        let dir = wal.dir().join(INDEX_DIR);
+        wal.io()
+            .sync_dir(&dir)
+            .map_err(|e| io_err("fsync directory", &dir, e))?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Background upkeep of the index: writes every layer that is not yet a run file and ends at a
@@ -1547,7 +1578,7 @@ fn merge_one(wal: &Wal, state: &RwLock<Index>) -> Result<Step> {
         chain_crc: chain,
         end,
         drop_tombstones: oldest,
-        sync_data: true,
+        sync_data: false,
     };
     Ok(if replace(wal, state, &group, out, &mut flush_waiting)? {
         Step::Wrote
@@ -1556,27 +1587,64 @@ fn merge_one(wal: &Wal, state: &RwLock<Index>) -> Result<Step> {
     })
 }
 
-/// Fdatasyncs every run file of the index not known to be durable: those written after a
-/// roll (see [`write_run`]) and those found at open (a process killed after writing one may
-/// have left it in the page cache only).
-fn sync_runs(wal: &Wal, state: &RwLock<Index>) -> Result<()> {
-    let unsynced: Vec<Arc<Run>> = state
+/// Age at which the checkpointer makes a run file durable (see [`sync_runs`]): the kernel's
+/// default expiry of dirty pages (`vm.dirty_expire_centisecs`, 30 s), so that by then its
+/// writeback has mostly happened and the fdatasync finds little left to write. It bounds what
+/// a power loss costs the next open: the replay of about this long of writes.
+pub const RUN_SYNC_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Fdatasyncs every run file of the index not known to be durable and at least `min_age` old
+/// (see [`Run::age`]): those written after a roll or by a merge (see [`write_run`]) and those
+/// found at open (a process killed after writing one may have left it in the page cache
+/// only). Then removes the files the durable runs replaced (see [`Run::retire`]). The caller
+/// holds the index writer lock (`one_writer` of [`maintain`]).
+fn sync_runs(wal: &Wal, state: &RwLock<Index>, min_age: std::time::Duration) -> Result<()> {
+    let files: Vec<Arc<Run>> = state
         .read()
         .layers
         .iter()
         .filter_map(|l| match l {
-            Layer::Run(r) if r.path().is_some() && !r.synced() => Some(r.clone()),
+            Layer::Run(r) if r.path().is_some() => Some(r.clone()),
             _ => None,
         })
         .collect();
-    for r in unsynced {
-        if let Some(p) = r.path() {
+    for r in &files {
+        if let (Some(p), false) = (r.path(), r.synced()) {
+            if r.age() < min_age {
+                continue;
+            }
             let f = wal.io().open_read(p).map_err(|e| io_err("open", p, e))?;
             f.sync_data().map_err(|e| io_err("fdatasync", p, e))?;
             r.mark_synced();
         }
     }
-    Ok(())
+    let replaced: Vec<PathBuf> = files
+        .iter()
+        .filter(|r| r.synced())
+        .flat_map(|r| r.take_retired())
+        .collect();
+    remove_run_files(wal, &replaced)
+}
+
+/// Makes every run file durable and removes what they replaced (see [`sync_runs`]).
+pub(crate) fn sync_all_runs(
+    wal: &Wal,
+    state: &RwLock<Index>,
+    one_writer: &Mutex<()>,
+) -> Result<()> {
+    let _one = one_writer.lock();
+    sync_runs(wal, state, std::time::Duration::ZERO)
+}
+
+/// The checkpointer's periodic step: makes the run files at least [`RUN_SYNC_AFTER`] old
+/// durable and removes what they replaced (see [`sync_runs`]).
+pub(crate) fn sync_old_runs(
+    wal: &Wal,
+    state: &RwLock<Index>,
+    one_writer: &Mutex<()>,
+) -> Result<()> {
+    let _one = one_writer.lock();
+    sync_runs(wal, state, RUN_SYNC_AFTER)
 }
 
 /// At a clean close, after the log is durable: makes every run file durable, and writes every
@@ -1590,7 +1658,7 @@ pub(crate) fn write_at_close(
 ) -> Result<bool> {
     maintain(wal, state, one_writer)?;
     let _one = one_writer.lock();
-    sync_runs(wal, state)?;
+    sync_runs(wal, state, std::time::Duration::ZERO)?;
     let (group, lsn, at, oldest) = {
         let mut idx = state.write();
         let Some((lsn, at)) = idx.last_record else {
@@ -1688,6 +1756,8 @@ pub(crate) fn repair_damaged(wal: &Wal, state: &RwLock<Index>) -> Result<usize> 
                 source: e,
             })?;
         }
+        // What it kept of the runs it replaced goes too: the log covers its range.
+        remove_run_files(wal, &run.take_retired())?;
     }
     Ok(repaired)
 }
@@ -1729,8 +1799,9 @@ fn replay_all(wal: &Wal, jobs: &[(u64, u64, u32)], seed: u64) -> Vec<Replayed> {
 }
 
 /// Removes files of the index directory that no layer uses: runs replaced by a merge before a
-/// crash, unusable runs, temporary files, checkpoints of an older format (the hash seed's
-/// file stays).
+/// crash or kept until it was durable, unusable runs, temporary files, checkpoints of an
+/// older format (the hash seed's file stays). When it finds any, it first makes the run files
+/// in use durable.
 pub(crate) fn remove_unused(
     wal: &Wal,
     state: &RwLock<Index>,
@@ -1738,6 +1809,9 @@ pub(crate) fn remove_unused(
 ) -> Result<usize> {
     let _one = one_writer.lock();
     let dir = wal.dir().join(INDEX_DIR);
+    // The runs in use may be merges not yet durable whose inputs are among the unused files
+    // (see `Run::retire`): they are made durable first.
+    let mut synced = false;
     let used: Vec<PathBuf> = state
         .read()
         .layers
@@ -1752,6 +1826,10 @@ pub(crate) fn remove_unused(
         let p = dir.join(&name);
         if used.contains(&p) || name == SEED_FILE || wal.io().is_dir(&p) {
             continue;
+        }
+        if !synced {
+            sync_runs(wal, state, std::time::Duration::ZERO)?;
+            synced = true;
         }
         if let Err(e) = wal.io().remove_file(&p) {
             tracing::warn!(file = %p.display(), error = %e, "could not remove an unused index file");

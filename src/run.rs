@@ -43,7 +43,7 @@
 //!
 //! # Invariants
 //! - A run file is written whole to a temporary name, renamed into place and its directory
-//!   fsynced (fdatasynced before the rename, but for the runs written after a roll: see
+//!   fsynced (fdatasynced before the rename only at a clean close; the others later, see
 //!   `index::write_run`); it is never modified afterwards, only unlinked once a merged run that
 //!   covers it is durable (or once it was found damaged and its range replayed). That is what
 //!   makes mapping it sound (see [`crate::mapped`]).
@@ -878,6 +878,12 @@ pub(crate) struct Run {
     path: Option<PathBuf>,
     /// Set once its file is known durable (fdatasynced by this process).
     synced: AtomicBool,
+    /// The run files this one replaced (a merge's inputs, and what they had replaced), kept
+    /// until its own file is durable: until then they cover its range after a power loss.
+    retired: parking_lot::Mutex<Vec<PathBuf>>,
+    /// When this process wrote or found its file: its age decides when it is synced (see
+    /// `index::sync_runs`).
+    since: std::time::Instant,
 }
 
 impl Run {
@@ -923,6 +929,8 @@ impl Run {
             damaged: AtomicBool::new(false),
             path,
             synced: AtomicBool::new(false),
+            retired: parking_lot::Mutex::new(Vec::new()),
+            since: std::time::Instant::now(),
         };
         // The header's fields were read above before their check: it decides now.
         let h = run.checked(0..HEADER_LEN)?;
@@ -1050,6 +1058,26 @@ impl Run {
     /// Records that its file was fdatasynced.
     pub(crate) fn mark_synced(&self) {
         self.synced.store(true, Ordering::Release);
+    }
+
+    /// How long ago this process wrote or found its file.
+    pub(crate) fn age(&self) -> std::time::Duration {
+        self.since.elapsed()
+    }
+
+    /// The run files it replaced and keeps until it is durable (see [`Run::retire`]).
+    pub(crate) fn retired(&self) -> Vec<PathBuf> {
+        self.retired.lock().clone()
+    }
+
+    /// Keeps `files` (the run files it replaced) until its own file is durable.
+    pub(crate) fn retire(&self, files: Vec<PathBuf>) {
+        self.retired.lock().extend(files);
+    }
+
+    /// The run files it replaced, forgotten here: the caller removes them.
+    pub(crate) fn take_retired(&self) -> Vec<PathBuf> {
+        std::mem::take(&mut *self.retired.lock())
     }
 
     pub(crate) fn path(&self) -> Option<&Path> {

@@ -376,12 +376,14 @@ fn leftovers_of_an_interrupted_merge_are_ignored_and_removed() {
         .filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b)))
         .collect();
     // History until merges have replaced one of them (four run files merge at a time; with
-    // 300 keys, runs stop growing, so when is not simple to say).
+    // 300 keys, runs stop growing, so when is not simple to say). A merge keeps the files it
+    // replaced until its own run is durable: `sync_index` makes it so and removes them.
     let mut end = 1000;
     while early.iter().all(|(p, _)| p.exists()) {
         assert!(end < 20_000, "merges replaced none of the early runs");
         write_history(&e, end..end + 500);
         e.checkpoint_now().unwrap();
+        e.sync_index().unwrap();
         end += 500;
     }
     let before = snapshot(&e);
@@ -500,6 +502,71 @@ fn runs_lost_to_a_power_loss_are_replayed() {
     assert!(
         replayed_any,
         "no seed lost a run: the test covers less than it says"
+    );
+}
+
+/// A merge's run is not synced when written: the run files it replaced stay until it is. So a
+/// power loss right after a merge whose inputs were durable replays at most what was written
+/// since they were (the merged run may be lost, its inputs are not).
+#[test]
+fn a_merge_keeps_the_runs_it_replaced_until_it_is_durable() {
+    let mut lost_a_merge = false;
+    for seed in 0..6 {
+        let sim = SimIo::new(seed);
+        let io: Arc<dyn Io> = Arc::new(sim.clone());
+        let e = Engine::open_with_io(io.clone(), "/db", config()).unwrap();
+        write_history(&e, 0..2000);
+        e.checkpoint_now().unwrap();
+        // Every run durable, then a little history (fewer new runs than a merge takes, so a
+        // merge now takes durable runs), until a merge happens.
+        let mut end = 2000;
+        let durable_to = loop {
+            assert!(end < 30_000, "seed {seed}: no merge");
+            e.sync_index().unwrap();
+            let shape = e.stats().unwrap().index;
+            assert_eq!((shape.unsynced_run_files, shape.retired_run_files), (0, 0));
+            let durable_runs = shape.run_files;
+            // The runs cover the sealed segments (the active one is in memory).
+            let sealed = e.wal().sealed_segments().unwrap();
+            let durable_to = sealed.last().map_or(0, |s| s.last_lsn);
+            write_history(&e, end..end + 300);
+            end += 300;
+            e.checkpoint_now().unwrap();
+            // A merge took durable runs when fewer of them are left.
+            let shape = e.stats().unwrap().index;
+            if shape.run_files - shape.unsynced_run_files < durable_runs {
+                assert!(shape.retired_run_files > 0, "seed {seed}: {shape:?}");
+                break durable_to;
+            }
+        };
+        let last = e.wal().sync().unwrap();
+        let before = snapshot(&e);
+        let files_before = io.list_dir(Path::new("/db/index")).unwrap().len();
+        sim.power_loss();
+        drop(e);
+        let e = Engine::open_with_io(io.clone(), "/db", config()).unwrap();
+        assert_eq!(snapshot(&e), before, "seed {seed}");
+        let r = e.open_report().clone();
+        assert!(
+            r.records_replayed <= last - durable_to,
+            "seed {seed}: replayed {} records, only {} were written after what durable runs covered: {r:?}",
+            r.records_replayed,
+            last - durable_to
+        );
+        lost_a_merge |= r.records_replayed > 0;
+        // Once the merged runs are durable, what they replaced is removed.
+        e.sync_index().unwrap();
+        let shape = e.stats().unwrap().index;
+        assert_eq!((shape.unsynced_run_files, shape.retired_run_files), (0, 0));
+        let files_after = io.list_dir(Path::new("/db/index")).unwrap().len();
+        assert!(
+            files_after <= files_before,
+            "{files_after} > {files_before}"
+        );
+    }
+    assert!(
+        lost_a_merge,
+        "no seed lost a merged run: the test covers less than it says"
     );
 }
 
