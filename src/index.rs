@@ -1598,6 +1598,10 @@ pub const RUN_SYNC_AFTER: std::time::Duration = std::time::Duration::from_secs(3
 /// found at open (a process killed after writing one may have left it in the page cache
 /// only). Then removes the files the durable runs replaced (see [`Run::retire`]). The caller
 /// holds the index writer lock (`one_writer` of [`maintain`]).
+///
+/// A failed fdatasync is reported and tried again at the next call. Unlike the log's (which
+/// poisons it), that cannot lose anything: a run whose bytes did not reach the disk fails its
+/// checksums at the next open, which then replays its range from the segments.
 fn sync_runs(wal: &Wal, state: &RwLock<Index>, min_age: std::time::Duration) -> Result<()> {
     let files: Vec<Arc<Run>> = state
         .read()
