@@ -1133,9 +1133,9 @@ fn load_seed(wal: &Wal) -> u64 {
 ///   of what the lost runs covered since their inputs, never a wrong index;
 /// - their writes, at the moment a flush or a merge ends, were what slowed the writer most:
 ///   tens of MiB at once on the log's device, ahead of its own writeback and of each roll's
-///   fsync. 3 M puts of 200 B under `never` came to 1.16-1.60 times the raw appends with
-///   every run fdatasynced, 1.12-1.44 times with merges only, and 1.07-1.19 times with none
-///   synced nor written back at once (same runs, alternating).
+///   fsync. 3 M puts of 200 B under `never` (puts and drain) came to 1.16-1.47 times the
+///   raw appends (median 1.34) with merged runs fdatasynced and flushed runs' writeback
+///   started, and 1.07-1.17 times (median 1.14) with neither (8 rounds, alternating).
 fn write_run(wal: &Wal, meta: RunMeta, bytes: Vec<u8>, sync_data: bool) -> Result<Run> {
     let err = io_err;
     let name = run::file_name(meta.first_lsn, meta.last_lsn);

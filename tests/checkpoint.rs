@@ -519,13 +519,15 @@ fn a_merge_keeps_the_runs_it_replaced_until_it_is_durable() {
         e.checkpoint_now().unwrap();
         // Every run durable, then a little history (fewer new runs than a merge takes, so a
         // merge now takes durable runs), until a merge happens.
+        let index = Path::new("/db/index");
         let mut end = 2000;
-        let durable_to = loop {
+        let (durable_to, durable_files) = loop {
             assert!(end < 30_000, "seed {seed}: no merge");
             e.sync_index().unwrap();
             let shape = e.stats().unwrap().index;
             assert_eq!((shape.unsynced_run_files, shape.retired_run_files), (0, 0));
             let durable_runs = shape.run_files;
+            let durable_files = io.list_dir(index).unwrap();
             // The runs cover the sealed segments (the active one is in memory).
             let sealed = e.wal().sealed_segments().unwrap();
             let durable_to = sealed.last().map_or(0, |s| s.last_lsn);
@@ -536,13 +538,23 @@ fn a_merge_keeps_the_runs_it_replaced_until_it_is_durable() {
             let shape = e.stats().unwrap().index;
             if shape.run_files - shape.unsynced_run_files < durable_runs {
                 assert!(shape.retired_run_files > 0, "seed {seed}: {shape:?}");
-                break durable_to;
+                break (durable_to, durable_files);
             }
         };
         let last = e.wal().sync().unwrap();
         let before = snapshot(&e);
-        let files_before = io.list_dir(Path::new("/db/index")).unwrap().len();
+        // The merged runs: new since the runs were durable, and starting where they did (a
+        // run of the segments sealed since starts after `durable_to`).
+        let files_before = io.list_dir(index).unwrap();
+        let merged: Vec<(PathBuf, Option<Vec<u8>>)> = files_before
+            .iter()
+            .filter(|n| n.ends_with(".run") && !durable_files.contains(n))
+            .filter(|n| n[..20].parse::<u64>().unwrap() <= durable_to)
+            .map(|n| (index.join(n), sim.file_bytes(&index.join(n))))
+            .collect();
+        assert!(!merged.is_empty(), "seed {seed}: {files_before:?}");
         sim.power_loss();
+        lost_a_merge |= merged.iter().any(|(p, b)| sim.file_bytes(p) != *b);
         drop(e);
         let e = Engine::open_with_io(io.clone(), "/db", config()).unwrap();
         assert_eq!(snapshot(&e), before, "seed {seed}");
@@ -553,15 +565,15 @@ fn a_merge_keeps_the_runs_it_replaced_until_it_is_durable() {
             r.records_replayed,
             last - durable_to
         );
-        lost_a_merge |= r.records_replayed > 0;
         // Once the merged runs are durable, what they replaced is removed.
         e.sync_index().unwrap();
         let shape = e.stats().unwrap().index;
         assert_eq!((shape.unsynced_run_files, shape.retired_run_files), (0, 0));
-        let files_after = io.list_dir(Path::new("/db/index")).unwrap().len();
+        let files_after = io.list_dir(index).unwrap().len();
         assert!(
-            files_after <= files_before,
-            "{files_after} > {files_before}"
+            files_after <= files_before.len(),
+            "{files_after} > {}",
+            files_before.len()
         );
     }
     assert!(
