@@ -404,7 +404,9 @@ impl Engine {
                             tracing::warn!(error = %e, "could not write index runs (the index stays in memory; reopening replays those segments)");
                         }
                     }
-                    if let Err(e) = index::sync_old_runs(wal, state, lock) {
+                    if let Err(e) =
+                        index::sync_runs_aged(wal, state, lock, index::RUN_SYNC_AFTER)
+                    {
                         tracing::warn!(error = %e, "could not make index runs durable (a power loss would cost replaying their segments)");
                     }
                     nudged = match rx.recv_timeout(index::RUN_SYNC_AFTER / 4) {
@@ -483,7 +485,12 @@ impl Engine {
     /// [`crate::RUN_SYNC_AFTER`] old, and `close` for all; after it, a power loss costs the next
     /// open no replay of what the run files cover.
     pub fn sync_index(&self) -> Result<()> {
-        index::sync_all_runs(&self.core.wal, &self.core.state, &self.checkpoint_lock)
+        index::sync_runs_aged(
+            &self.core.wal,
+            &self.core.state,
+            &self.checkpoint_lock,
+            std::time::Duration::ZERO,
+        )
     }
 
     /// Sets `key` to `value`; returns the new version.

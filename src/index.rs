@@ -1630,25 +1630,17 @@ fn sync_runs(wal: &Wal, state: &RwLock<Index>, min_age: std::time::Duration) -> 
     remove_run_files(wal, &replaced)
 }
 
-/// Makes every run file durable and removes what they replaced (see [`sync_runs`]).
-pub(crate) fn sync_all_runs(
+/// [`sync_runs`] for a caller that does not hold the index writer lock: the engine's
+/// `sync_index` (every run, `min_age` zero) and the checkpointer's periodic step
+/// ([`RUN_SYNC_AFTER`]).
+pub(crate) fn sync_runs_aged(
     wal: &Wal,
     state: &RwLock<Index>,
     one_writer: &Mutex<()>,
+    min_age: std::time::Duration,
 ) -> Result<()> {
     let _one = one_writer.lock();
-    sync_runs(wal, state, std::time::Duration::ZERO)
-}
-
-/// The checkpointer's periodic step: makes the run files at least [`RUN_SYNC_AFTER`] old
-/// durable and removes what they replaced (see [`sync_runs`]).
-pub(crate) fn sync_old_runs(
-    wal: &Wal,
-    state: &RwLock<Index>,
-    one_writer: &Mutex<()>,
-) -> Result<()> {
-    let _one = one_writer.lock();
-    sync_runs(wal, state, RUN_SYNC_AFTER)
+    sync_runs(wal, state, min_age)
 }
 
 /// At a clean close, after the log is durable: makes every run file durable, and writes every
