@@ -931,6 +931,14 @@ impl Shared {
     }
 
     /// Encodes `entries` as one atomic batch into `pending`, rolling first if needed.
+    ///
+    /// Always inlined (into [`Locked::append`] and [`Wal::write_located`], its only callers):
+    /// called, it returned its `(first, last, location)` through memory written as 8-byte
+    /// stores, which `Locked::append` read back as 16-byte loads; such a load cannot take its
+    /// bytes from two pending stores and waits for them to reach the cache. Measured on the
+    /// engine's puts (3 M puts of 200 B on tmpfs, writer profile): 5 of `Locked::append`'s
+    /// 6.7 ns a put went to that one load; inlined, the writer's CPU per put fell about 5 ns.
+    #[inline(always)]
     fn encode(
         &self,
         g: &mut MutexGuard<'_, State>,
