@@ -128,7 +128,8 @@ fn put_block(
 }
 
 /// `n` engine puts in one block and `n` raw WAL appends of the same records in another, the
-/// order alternating with `run`: (put ns, drain ns, append ns) per operation.
+/// engine first in even runs: (put ns, drain ns, append ns) per operation. Two consecutive runs
+/// thus place the blocks engine, append, append, engine (see [`abba_ratios`]).
 ///
 /// Blocks, not slices: a segment's index work takes the checkpointer longer than a short
 /// slice of puts lasts, so slices interleaved with appends charged the appends for much of
@@ -160,6 +161,28 @@ fn put_vs_append(
         unreachable!("both sides ran: the loop covers both values of `engine`")
     };
     Ok((put.ns, put.drain_ns, append.ns))
+}
+
+/// (put + drain) / append and put / append of each pair of runs `2k, 2k + 1`, from the sums
+/// of its two runs' blocks: the engine's blocks come first and fourth, the appends' second and
+/// third. A steady drift in the machine's speed costs both sides alike, and so does a
+/// disturbance that comes every other block (it hits one block of each side). Per run, the
+/// latter split the ratios into two clusters by the run's parity, and the median of an odd
+/// number of runs fell in whichever cluster had one run more. A last run without its pair is
+/// left out.
+fn abba_ratios(p: &[f64], d: &[f64], a: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let pairs = p.len().min(d.len()).min(a.len()) / 2;
+    (0..pairs)
+        .map(|k| {
+            let r = 2 * k..2 * k + 2;
+            let (put, drain, append) = (
+                p[r.clone()].iter().sum::<f64>(),
+                d[r.clone()].iter().sum::<f64>(),
+                a[r].iter().sum::<f64>(),
+            );
+            ((put + drain) / append, put / append)
+        })
+        .unzip()
 }
 
 /// Seconds to open the engine in `dir`, cold first when possible, then warm. Each engine is
@@ -321,23 +344,23 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
     w(out, format!("seglog engine benchmark: {} keys of 20 bytes, {} B values, {} runs (medians; per-run values in brackets)", opts.keys, opts.value_size, runs))?;
     w(
         out,
-        "\nput vs raw WAL append, same records, each side alone in its own block (ns per operation; drain: the index work left when the puts returned, timed apart; ratios: (put + drain) / append and put / append, median of the runs):".to_string(),
+        format!("\nput vs raw WAL append, same records, each side alone in its own block, {} runs (ns per operation, medians of the runs; drain: the index work left when the puts returned, timed apart; ratios: (put + drain) / append and put / append of each pair of runs, blocks in the order engine, append, append, engine, and their median):", runs.max(2).next_multiple_of(2)),
     )?;
+    // Runs in pairs (see `abba_ratios`).
+    let put_runs = runs.max(2).next_multiple_of(2);
     for (name, fsync, n) in [
         ("never", FsyncPolicy::Never, 3_000_000u64),
         ("batch", FsyncPolicy::Batch, 3_000_000),
         ("always", FsyncPolicy::Always, 3_000),
     ] {
-        let (mut p_ns, mut d_ns, mut a_ns, mut full, mut puts) =
-            (vec![], vec![], vec![], vec![], vec![]);
-        for run in 0..runs {
+        let (mut p_ns, mut d_ns, mut a_ns) = (vec![], vec![], vec![]);
+        for run in 0..put_runs {
             let (p, d, a) = put_vs_append(&opts.dir, fsync, n, &value, run)?;
             p_ns.push(p);
             d_ns.push(d);
             a_ns.push(a);
-            full.push((p + d) / a);
-            puts.push(p / a);
         }
+        let (full, puts) = abba_ratios(&p_ns, &d_ns, &a_ns);
         w(
             out,
             format!(
@@ -543,4 +566,72 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::abba_ratios;
+
+    /// Block times of `runs` runs of [`super::put_vs_append`] (engine first in even runs): the
+    /// engine takes `engine` (+ `drain`), the append `append`, and `extra` is added to every
+    /// other block, starting with the first when `from_first`.
+    fn blocks(
+        runs: usize,
+        engine: f64,
+        drain: f64,
+        append: f64,
+        extra: f64,
+        from_first: bool,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (mut p, mut d, mut a) = (vec![], vec![], vec![]);
+        for run in 0..runs {
+            let engine_slot = if run.is_multiple_of(2) {
+                2 * run
+            } else {
+                2 * run + 1
+            };
+            let append_slot = if run.is_multiple_of(2) {
+                2 * run + 1
+            } else {
+                2 * run
+            };
+            let hit = |slot: usize| {
+                if slot.is_multiple_of(2) == from_first {
+                    extra
+                } else {
+                    0.0
+                }
+            };
+            p.push(engine + hit(engine_slot));
+            d.push(drain);
+            a.push(append + hit(append_slot));
+        }
+        (p, d, a)
+    }
+
+    #[test]
+    fn pairs_of_runs_give_both_sides_the_same_disturbance() {
+        let (p, d, a) = blocks(5, 100.0, 10.0, 100.0, 0.0, true);
+        let (full, puts) = abba_ratios(&p, &d, &a);
+        // Five runs make two pairs: the last run is left out.
+        assert_eq!(full, vec![1.1, 1.1]);
+        assert_eq!(puts, vec![1.0, 1.0]);
+
+        // A disturbance every other block: per run, the ratios split by the run's parity, and
+        // which runs are high depends on where the disturbance started; per pair, they do not.
+        let (p0, d0, a0) = blocks(4, 100.0, 10.0, 100.0, 60.0, true);
+        let (p1, d1, a1) = blocks(4, 100.0, 10.0, 100.0, 60.0, false);
+        let per_run = |p: &[f64], d: &[f64], a: &[f64]| -> Vec<f64> {
+            (0..p.len()).map(|i| (p[i] + d[i]) / a[i]).collect()
+        };
+        assert!(per_run(&p0, &d0, &a0)[0] > 1.5 && per_run(&p1, &d1, &a1)[0] < 0.8);
+        let (f0, _) = abba_ratios(&p0, &d0, &a0);
+        let (f1, _) = abba_ratios(&p1, &d1, &a1);
+        assert_eq!(f0, f1);
+        // Both sides got one disturbed block in each pair: (2 * 110 + 60) / (2 * 100 + 60).
+        assert!(
+            f0.iter().all(|r| (r - 280.0 / 260.0).abs() < 1e-12),
+            "{f0:?}"
+        );
+    }
 }
