@@ -3,7 +3,9 @@
 //!
 //! - put throughput under `never`, `batch` and `always` against `Wal::append` of the same
 //!   records (the engine's cost is its index and locks), each side alone in its own block,
-//!   the engine's block with its index work drained and timed apart (see [`put_vs_append`]);
+//!   the engine's block with its index work drained and timed apart (see [`put_vs_append`]),
+//!   the ratios taken over pairs of runs whose blocks come engine, append, append, engine
+//!   (see [`abba_ratios`]);
 //! - reopen of `--keys` keys: with index checkpoints after a clean close, with checkpoints of
 //!   the sealed segments only (what a crash leaves: the active segment is replayed), and full
 //!   replay (no checkpoints), against a raw sequential read of the same segment files; cold
