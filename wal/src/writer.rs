@@ -1406,7 +1406,7 @@ impl Shared {
 /// Recovery: reads the directory, applies the decision table to the tail, cuts a torn tail,
 /// completes an interrupted seal, removes temporary files and the `CLOSED` marker.
 fn recover(io: &Arc<dyn Io>, dir: &Path, config: &WalConfig) -> Result<(LogView, RecoveryReport)> {
-    let mut view = LogView::open(io.clone(), dir)?;
+    let mut view = LogView::open_after_close(io.clone(), dir)?;
     let mut report = RecoveryReport {
         closed_cleanly: view.closed.is_some(),
         ..Default::default()
