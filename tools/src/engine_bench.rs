@@ -8,8 +8,9 @@
 //!   (see [`abba_ratios`]);
 //! - reopen of `--keys` keys: with index checkpoints after a clean close, with checkpoints of
 //!   the sealed segments only (what a crash leaves: the active segment is replayed), and full
-//!   replay (no checkpoints), against a raw sequential read of the same segment files; cold
-//!   (page cache dropped, when the process may) and warm;
+//!   replay (no checkpoints) of the same log after a clean close and after a crash, against a
+//!   raw sequential read of the same segment files; cold (page cache dropped, when the process
+//!   may) and warm;
 //! - get latency p50/p99 for keys in sealed segments (memory-mapped) and in the active segment
 //!   (pread), warm, and cold (the first gets after dropping the page cache);
 //! - heap memory the open index costs per million keys, measured in a fresh process;
@@ -187,23 +188,38 @@ fn abba_ratios(p: &[f64], d: &[f64], a: &[f64]) -> (Vec<f64>, Vec<f64>) {
         .unzip()
 }
 
+/// How each engine [`time_open`] opens is left for the next open.
+#[derive(Clone, Copy)]
+enum Leave {
+    /// Dropped without a clean close, as after a crash.
+    Dropped,
+    /// Closed cleanly, so that the next open finds the log as a clean close left it.
+    Closed,
+}
+
 /// Seconds to open the engine in `dir`, cold first when possible, then warm. Each engine is
-/// dropped without a clean close; `reset` then undoes what its background work wrote.
+/// left as `leave` says (the close is not timed); `reset` then undoes what its background
+/// work wrote.
 fn time_open(
     dir: &Path,
     cfg: &Config,
+    leave: Leave,
     reset: &dyn Fn() -> Result<(), Failure>,
 ) -> Result<(Option<f64>, f64, seglog::OpenReport), Failure> {
+    let finish = |e: Engine| -> Result<(), Failure> {
+        match leave {
+            Leave::Dropped => drop(e),
+            Leave::Closed => e.close().map_err(|e| fail("close", e))?,
+        }
+        reset()
+    };
     let cold = if drop_caches() {
         let t = Instant::now();
         let e = Engine::open(dir, cfg.clone()).map_err(|e| fail("open", e))?;
         let s = t.elapsed().as_secs_f64();
-        drop(e);
-        reset()?;
+        finish(e)?;
         // Warm the files again for the warm open below.
-        let e = Engine::open(dir, cfg.clone()).map_err(|e| fail("open", e))?;
-        drop(e);
-        reset()?;
+        finish(Engine::open(dir, cfg.clone()).map_err(|e| fail("open", e))?)?;
         Some(s)
     } else {
         None
@@ -212,8 +228,7 @@ fn time_open(
     let e = Engine::open(dir, cfg.clone()).map_err(|e| fail("open", e))?;
     let warm = t.elapsed().as_secs_f64();
     let report = e.open_report().clone();
-    drop(e);
-    reset()?;
+    finish(e)?;
     Ok((cold, warm, report))
 }
 
@@ -225,11 +240,12 @@ fn time_opens(
     runs: usize,
     dir: &Path,
     cfg: &Config,
+    leave: Leave,
     reset: &dyn Fn() -> Result<(), Failure>,
 ) -> Result<Opens, Failure> {
     let (mut cold, mut warm, mut report) = (vec![], vec![], None);
     for _ in 0..runs {
-        let (c, w, r) = time_open(dir, cfg, reset)?;
+        let (c, w, r) = time_open(dir, cfg, leave, reset)?;
         cold.extend(c);
         warm.push(w);
         report = Some(r);
@@ -415,19 +431,32 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
         raw_read(&files)?;
         raw_warm.push(t.elapsed().as_secs_f64());
     }
-    let (crash_cold, crash_warm, report_crash) = time_opens(runs, &data, &cfg, &|| Ok(()))?;
-    // A clean close writes the active segment's part of the index too.
+    let (crash_cold, crash_warm, report_crash) =
+        time_opens(runs, &data, &cfg, Leave::Dropped, &|| Ok(()))?;
+    // A clean close writes the active segment's part of the index too, and the `CLOSED`
+    // marker; each open removes the marker, and each engine is closed again for the next.
     Engine::open(&data, cfg.clone())
         .map_err(|e| fail("open", e))?
         .close()
         .map_err(|e| fail("close", e))?;
-    let (clean_cold, clean_warm, report_clean) = time_opens(runs, &data, &cfg, &|| Ok(()))?;
+    let (clean_cold, clean_warm, report_clean) =
+        time_opens(runs, &data, &cfg, Leave::Closed, &|| Ok(()))?;
     let index = data.join("index");
     let aside = opts.dir.join("index-aside");
     fresh(&aside)?;
     std::fs::rename(&index, &aside).map_err(|e| fail("move the index aside", e))?;
-    // Each open writes new runs in the background: they go before the next full replay.
-    let (full_cold, full_warm, report_full) = time_opens(runs, &data, &cfg, &|| fresh(&index))?;
+    // Full replays, each compared with the open with checkpoints of the same log: after a
+    // clean close (the log's end taken from its `CLOSED` marker) and after a crash (the last
+    // segment scanned first). Each open writes new runs in the background (and the clean
+    // close all of them): they go before the next full replay.
+    let (full_clean_cold, full_clean_warm, report_full) =
+        time_opens(runs, &data, &cfg, Leave::Closed, &|| fresh(&index))?;
+    // As after a crash: no marker.
+    drop(Engine::open(&data, cfg.clone()).map_err(|e| fail("open", e))?);
+    fresh(&index)?;
+    let (full_crash_cold, full_crash_warm, _) =
+        time_opens(runs, &data, &cfg, Leave::Dropped, &|| fresh(&index))?;
+    fresh(&index)?;
     std::fs::rename(&aside, &index).map_err(|e| fail("put the index back", e))?;
     rows.push((
         "with checkpoints, after a clean close",
@@ -435,13 +464,24 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
         clean_warm,
     ));
     rows.push(("with checkpoints, after a crash", crash_cold, crash_warm));
-    rows.push(("full replay (no checkpoints)", full_cold, full_warm));
-    let (full_cold, full_warm) = (median(&rows[2].1), median(&rows[2].2));
+    rows.push((
+        "full replay (no checkpoints), clean close",
+        full_clean_cold,
+        full_clean_warm,
+    ));
+    rows.push((
+        "full replay (no checkpoints), crash",
+        full_crash_cold,
+        full_crash_warm,
+    ));
+    let full = |row: usize| (median(&rows[row].1), median(&rows[row].2));
+    let ((full_clean_cold, full_clean_warm), (full_crash_cold, full_crash_warm)) =
+        (full(2), full(3));
     let mbps = |s: f64| bytes as f64 / s / 1e6;
     w(
         out,
         format!(
-            "  {:<40} cold {:>7.3} [{}]  warm {:>7.3} [{}]",
+            "  {:<42} cold {:>7.3} [{}]  warm {:>7.3} [{}]",
             "raw sequential read of the segments",
             median(&raw_cold),
             fmt_s(&raw_cold),
@@ -453,7 +493,7 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
         w(
             out,
             format!(
-                "  {name:<40} cold {:>7.3} [{}]  warm {:>7.3} [{}]",
+                "  {name:<42} cold {:>7.3} [{}]  warm {:>7.3} [{}]",
                 median(c),
                 fmt_s(c),
                 median(wm),
@@ -470,16 +510,31 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
             w(out, format!("  {name}: {r:?}"))?;
         }
     }
+    let summary = |what: &str,
+                   clean: f64,
+                   crash: f64,
+                   full_clean: f64,
+                   full_crash: f64,
+                   raw: f64| {
+        format!(
+            "  {what}: checkpoints {:.1}x faster than full replay after a clean close, {:.1}x after a crash; full replay {:.0} MB/s = {:.2}x raw read {:.0} MB/s after a clean close, {:.0} MB/s = {:.2}x after a crash",
+            full_clean / clean, full_crash / crash, mbps(full_clean), raw / full_clean, mbps(raw), mbps(full_crash), raw / full_crash
+        )
+    };
     if !raw_cold.is_empty() {
-        w(out, format!(
-            "  cold: checkpoints {:.1}x faster than full replay (clean close), {:.1}x (after a crash); full replay {:.0} MB/s = {:.2}x raw read {:.0} MB/s",
-            full_cold / median(&rows[0].1), full_cold / median(&rows[1].1), mbps(full_cold), mbps(full_cold) / mbps(median(&raw_cold)), mbps(median(&raw_cold))
-        ))?;
+        let (clean, crash) = (median(&rows[0].1), median(&rows[1].1));
+        let raw = median(&raw_cold);
+        w(
+            out,
+            summary("cold", clean, crash, full_clean_cold, full_crash_cold, raw),
+        )?;
     }
-    w(out, format!(
-        "  warm: checkpoints {:.1}x faster than full replay (clean close), {:.1}x (after a crash); full replay {:.0} MB/s = {:.2}x raw read {:.0} MB/s",
-        full_warm / median(&rows[0].2), full_warm / median(&rows[1].2), mbps(full_warm), mbps(full_warm) / mbps(median(&raw_warm)), mbps(median(&raw_warm))
-    ))?;
+    let (clean, crash) = (median(&rows[0].2), median(&rows[1].2));
+    let raw = median(&raw_warm);
+    w(
+        out,
+        summary("warm", clean, crash, full_clean_warm, full_crash_warm, raw),
+    )?;
 
     // Memory, in a fresh process so freed memory of this one does not hide it.
     let exe = std::env::current_exe().map_err(|e| fail("find walctl", e))?;
