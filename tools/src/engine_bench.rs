@@ -360,12 +360,12 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
     let value = vec![7u8; opts.value_size];
 
     w(out, format!("seglog engine benchmark: {} keys of 20 bytes, {} B values, {} runs (medians; per-run values in brackets)", opts.keys, opts.value_size, runs))?;
-    w(
-        out,
-        format!("\nput vs raw WAL append, same records, each side alone in its own block, {} runs (ns per operation, medians of the runs; drain: the index work left when the puts returned, timed apart; ratios: (put + drain) / append and put / append of each pair of runs, blocks in the order engine, append, append, engine, and their median):", runs.max(2).next_multiple_of(2)),
-    )?;
     // Runs in pairs (see `abba_ratios`).
     let put_runs = runs.max(2).next_multiple_of(2);
+    w(
+        out,
+        format!("\nput vs raw WAL append, same records, each side alone in its own block, {} runs (ns per operation, medians of the runs; drain: the index work left when the puts returned, timed apart; ratios: (put + drain) / append and put / append of each pair of runs, blocks in the order engine, append, append, engine, and their median):", put_runs),
+    )?;
     for (name, fsync, n) in [
         ("never", FsyncPolicy::Never, 3_000_000u64),
         ("batch", FsyncPolicy::Batch, 3_000_000),
