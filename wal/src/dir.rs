@@ -253,17 +253,8 @@ impl LogView {
                 }
             }
             if trust_closed {
-                if let Some(end) = self.trust_marker(&*file, path, &cursor, file_len)? {
-                    self.tail = TailState::Clean;
-                    self.chain_crc = end.chain_crc;
-                    self.segments.push(SegmentInfo {
-                        path: path.clone(),
-                        header: cursor.header,
-                        footer: None,
-                        file_len,
-                        last_lsn: end.last_lsn,
-                        records_end: end.records_end,
-                    });
+                if let Some(scan) = self.trust_marker(&*file, path, &cursor, file_len)? {
+                    self.push_tail(path, &cursor, file_len, &scan);
                     continue;
                 }
             }
@@ -322,7 +313,8 @@ impl LogView {
         Ok(())
     }
 
-    /// The `CLOSED` marker, when it can stand for a scan of the last segment (`path`, opened
+    /// What a scan of the last segment would find, taken from the `CLOSED` marker, when the
+    /// marker can stand for that scan (`path`, opened
     /// as `file` and `cursor`, `file_len` bytes): it names this segment and its length, its
     /// end is plausible for the segment (past the header, within the file, frame-aligned, room
     /// for the records it counts), nothing follows that end (the next frame's length is 0),
@@ -343,7 +335,7 @@ impl LogView {
         path: &Path,
         cursor: &SegmentCursor,
         file_len: u64,
-    ) -> Result<Option<ClosedMarker>> {
+    ) -> Result<Option<TailScan>> {
         let Some(m) = self.closed else {
             return Ok(None);
         };
@@ -353,12 +345,19 @@ impl LogView {
             .checked_add(1)
             .and_then(|end| end.checked_sub(first));
         let room = m.records_end.checked_sub(HEADER_LEN as u64);
+        let records = match (records, room) {
+            (Some(r), Some(b))
+                if r.checked_mul(format::RECORD_HEADER_LEN as u64)
+                    .is_some_and(|need| need <= b) =>
+            {
+                r
+            }
+            _ => return Ok(None),
+        };
         let plausible = m.segment_first_lsn == first
             && m.file_len == file_len
             && m.records_end <= file_len
-            && m.records_end % format::FRAME_ALIGN as u64 == 0
-            && matches!((records, room), (Some(r), Some(b))
-                if r.checked_mul(format::RECORD_HEADER_LEN as u64).is_some_and(|need| need <= b));
+            && m.records_end % format::FRAME_ALIGN as u64 == 0;
         if !plausible || read_footer_at_end(file, path, file_len)?.is_some() {
             return Ok(None);
         }
@@ -368,7 +367,14 @@ impl LogView {
         if next[..n] != [0u8; 4][..n] {
             return Ok(None);
         }
-        Ok(Some(m))
+        Ok(Some(TailScan {
+            end_offset: m.records_end,
+            last_lsn: m.last_lsn,
+            chain_crc: m.chain_crc,
+            footer: None,
+            state: TailState::Clean,
+            records,
+        }))
     }
 
     fn push_tail(&mut self, path: &Path, cursor: &SegmentCursor, file_len: u64, scan: &TailScan) {
