@@ -2,9 +2,12 @@
 //! truncated, damaged, misnamed or foreign one falls back to replaying the segments it covers,
 //! never to a wrong index. Failing to write them costs nothing but replay.
 
+mod common;
+
+use common::{config, copy_dir};
 use seglog::wal::sim::{Faults, SimIo};
-use seglog::wal::{FsyncPolicy, Io, WalConfig};
-use seglog::{Config, Engine};
+use seglog::wal::{FsyncPolicy, Io};
+use seglog::Engine;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,17 +15,6 @@ use std::sync::Arc;
 type State = Vec<(Vec<u8>, Option<(Vec<u8>, u64)>)>;
 
 const KEYS: u32 = 300;
-
-fn config() -> Config {
-    Config {
-        wal: WalConfig {
-            fsync: FsyncPolicy::Never,
-            segment_size_bytes: 8 << 10,
-            ..WalConfig::default()
-        },
-        cache: seglog::CacheConfig { value_cache_mb: 0 },
-    }
-}
 
 fn write_history(e: &Engine, range: std::ops::Range<u32>) {
     write_history_with(e, range, "v");
@@ -587,18 +579,6 @@ fn a_merge_keeps_the_runs_it_replaced_until_it_is_durable() {
         lost_a_merge,
         "no seed lost a merged run: the test covers less than it says"
     );
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -3,10 +3,12 @@
 //! seed). Whatever it hits, the engine either refuses to open or answers every read with what
 //! was written or an error: no wrong value, no deleted key back, no key gone without an error.
 
+mod common;
+
+use common::{config, copy_dir};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestRunner};
-use seglog::wal::{FsyncPolicy, WalConfig};
-use seglog::{Config, Engine};
+use seglog::Engine;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -14,17 +16,6 @@ const KEYS: u32 = 200;
 
 /// Every live key's (value, version) after the history.
 type Truth = BTreeMap<Vec<u8>, (Vec<u8>, u64)>;
-
-fn config() -> Config {
-    Config {
-        wal: WalConfig {
-            fsync: FsyncPolicy::Never,
-            segment_size_bytes: 8 << 10,
-            ..WalConfig::default()
-        },
-        cache: seglog::CacheConfig { value_cache_mb: 0 },
-    }
-}
 
 fn key(i: u32) -> Vec<u8> {
     format!("k{}", i % KEYS).into_bytes()
@@ -61,18 +52,6 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
