@@ -174,17 +174,6 @@ fn put_vs_append(
 /// latter split the ratios into two clusters by the run's parity, and the median of an odd
 /// number of runs fell in whichever cluster had one run more. A last run without its pair is
 /// left out.
-/// The fastest block of each side and their ratio: (put + drain, append, ratio). A second
-/// estimate beside the pairs' median, for a machine whose disturbances come and go in
-/// stretches longer than a pair: every block pays the engine's own work (its merges, its
-/// index), so the engine's fastest block still includes it; what it leaves out is the time a
-/// block lost to the machine. Reported, never a replacement for the median.
-fn fastest_blocks(p: &[f64], d: &[f64], a: &[f64]) -> Option<(f64, f64, f64)> {
-    let put = p.iter().zip(d).map(|(p, d)| p + d).min_by(f64::total_cmp)?;
-    let append = a.iter().copied().min_by(f64::total_cmp)?;
-    Some((put, append, put / append))
-}
-
 fn abba_ratios(p: &[f64], d: &[f64], a: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let pairs = p.len().min(d.len()).min(a.len()) / 2;
     (0..pairs)
@@ -198,6 +187,17 @@ fn abba_ratios(p: &[f64], d: &[f64], a: &[f64]) -> (Vec<f64>, Vec<f64>) {
             ((put + drain) / append, put / append)
         })
         .unzip()
+}
+
+/// The fastest block of each side and their ratio: (put + drain, append, ratio). A second
+/// estimate beside the pairs' median, for a machine whose disturbances come and go in
+/// stretches longer than a pair: every block pays the engine's own work (its merges, its
+/// index), so the engine's fastest block still includes it; what it leaves out is the time a
+/// block lost to the machine. Reported, never a replacement for the median.
+fn fastest_blocks(p: &[f64], d: &[f64], a: &[f64]) -> Option<(f64, f64, f64)> {
+    let put = p.iter().zip(d).map(|(p, d)| p + d).min_by(f64::total_cmp)?;
+    let append = a.iter().copied().min_by(f64::total_cmp)?;
+    Some((put, append, put / append))
 }
 
 /// How each engine [`time_open`] opens is left for the next open.
