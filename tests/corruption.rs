@@ -21,21 +21,31 @@ fn key(i: u32) -> Vec<u8> {
     format!("k{}", i % KEYS).into_bytes()
 }
 
-/// Puts and deletes over [`KEYS`] keys, index checkpoints written, closed cleanly.
+/// Puts and deletes over [`KEYS`] keys, index checkpoints written, closed cleanly. The
+/// values are checked against a model of the history; the versions are the engine's.
 fn build(dir: &Path) -> Truth {
     let e = Engine::open(dir, config()).unwrap();
+    let mut model = BTreeMap::new();
     for i in 0..1500u32 {
         if i % 9 == 0 {
             e.delete(&key(i * 7)).unwrap();
+            model.remove(&key(i * 7));
         } else {
-            e.put(&key(i), format!("value {i:>30}").as_bytes()).unwrap();
+            let v = format!("value {i:>30}").into_bytes();
+            e.put(&key(i), &v).unwrap();
+            model.insert(key(i), v);
         }
     }
     e.checkpoint_now().unwrap();
-    let truth = (0..KEYS)
+    let truth: Truth = (0..KEYS)
         .filter_map(|i| Some((key(i), e.get(&key(i)).unwrap()?)))
         .collect();
     e.close().unwrap();
+    let values: BTreeMap<Vec<u8>, Vec<u8>> = truth
+        .iter()
+        .map(|(k, (v, _))| (k.clone(), v.clone()))
+        .collect();
+    assert_eq!(values, model);
     truth
 }
 
