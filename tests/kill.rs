@@ -13,74 +13,15 @@
 #[path = "support/random.rs"]
 mod random;
 use random::{rounds, seed, Rng};
-use seglog::wal::{FsyncPolicy, WalConfig};
-use seglog::{BatchOp, Config, Engine};
+#[path = "support/steps.rs"]
+mod steps;
+use seglog::wal::FsyncPolicy;
+use seglog::Engine;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-
-/// Keys the steps spread over.
-const KEYS: u64 = 1500;
-
-fn key(op: u64) -> Vec<u8> {
-    format!("k{:05}", op.wrapping_mul(7919) % KEYS).into_bytes()
-}
-
-/// The value operation `op` writes: its number first, then a length that varies.
-fn value(op: u64) -> Vec<u8> {
-    let mut v = format!("v{op}-").into_bytes();
-    v.resize(v.len() + (op % 300) as usize, b'x');
-    v
-}
-
-/// The operation number a value was written by.
-fn op_of(value: &[u8]) -> u64 {
-    let s = std::str::from_utf8(value).expect("a value the test wrote");
-    s[1..s.find('-').expect("a value the test wrote")]
-        .parse()
-        .expect("a value the test wrote")
-}
-
-/// One operation: a put when `Some(value)`, else a delete.
-type Change = (Vec<u8>, Option<Vec<u8>>);
-
-/// Step `s`: every seventeenth a batch of three operations, every ninth a delete, else a put.
-/// Operation numbers are `3 * s + i`, so that every operation writes a distinct value.
-fn step(s: u64) -> Vec<Change> {
-    let op = |i: u64| 3 * s + i;
-    if s % 17 == 5 {
-        vec![
-            (key(op(0)), Some(value(op(0)))),
-            (key(op(1)), None),
-            (key(op(2)), Some(value(op(2)))),
-        ]
-    } else if s % 9 == 4 {
-        vec![(key(op(0)), None)]
-    } else {
-        vec![(key(op(0)), Some(value(op(0))))]
-    }
-}
-
-fn config(policy: FsyncPolicy) -> Config {
-    Config {
-        wal: WalConfig {
-            fsync: policy,
-            fsync_interval_ms: 2,
-            segment_size_bytes: 64 << 10,
-            ..WalConfig::default()
-        },
-        ..Config::default()
-    }
-}
-
-fn policy_named(name: &str) -> FsyncPolicy {
-    match name {
-        "always" => FsyncPolicy::Always,
-        "batch" => FsyncPolicy::Batch,
-        _ => FsyncPolicy::Never,
-    }
-}
+use steps::*;
 
 /// The child: with `SEGLOG_KILL_CHILD=DIR,POLICY,FIRST_STEP`, opens the engine in DIR and runs
 /// steps from FIRST_STEP on, printing `ack STEP LAST_VERSION` after each returns, until it is
@@ -100,83 +41,17 @@ fn child_process() {
     // The harness's "test child_process ... " has no line end yet.
     writeln!(out).expect("stdout");
     for s in first.. {
-        let changes = step(s);
-        let version = if let [(k, v)] = changes.as_slice() {
-            match v {
-                Some(v) => e.put(k, v).expect("put"),
-                None => e.delete(k).expect("delete").unwrap_or(0),
-            }
-        } else {
-            let ops: Vec<BatchOp<'_>> = changes
-                .iter()
-                .map(|(key, v)| match v {
-                    Some(value) => BatchOp::Put {
-                        key,
-                        value,
-                        expect: None,
-                    },
-                    None => BatchOp::Delete { key, expect: None },
-                })
-                .collect();
-            e.write_batch(&ops, None).expect("batch").1
-        };
+        let version = run_step(&e, s);
         writeln!(out, "ack {s} {version}").expect("stdout");
         out.flush().expect("stdout");
     }
 }
 
-/// What the engine in `dir` holds: key to (value, version), from a full scan and a get of each.
-fn recovered(dir: &Path, policy: FsyncPolicy, seed: u64) -> HashMap<Vec<u8>, (Vec<u8>, u64)> {
+/// What the engine in `dir` holds, opened again after a kill.
+fn recovered(dir: &Path, policy: FsyncPolicy, what: &str) -> State {
     let e = Engine::open(dir, config(policy))
-        .unwrap_or_else(|err| panic!("seed {seed}: reopen after the kill failed: {err}"));
-    let scanned = e.scan(b"", usize::MAX).expect("scan");
-    let mut state = HashMap::new();
-    for (k, version) in scanned {
-        let (v, got) = e.get(&k).expect("get").expect("a scanned key has a value");
-        assert_eq!(
-            got, version,
-            "seed {seed}: get and scan disagree on a version"
-        );
-        state.insert(k, (v, version));
-    }
-    for k in 0..KEYS {
-        let k = format!("k{k:05}").into_bytes();
-        let got = e.get(&k).expect("get");
-        assert_eq!(
-            got,
-            state.get(&k).cloned(),
-            "seed {seed}: a get disagrees with the scan"
-        );
-    }
-    drop(e);
-    state
-}
-
-/// The longest prefix of steps `0..` whose state equals `state`, searched up to `max_steps`:
-/// `None` when none does. Tracks how many keys differ as each step applies, so each step costs
-/// its own operations only.
-fn matching_prefix(state: &HashMap<Vec<u8>, (Vec<u8>, u64)>, max_steps: u64) -> Option<u64> {
-    let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-    let differs = |model: &HashMap<Vec<u8>, Vec<u8>>, k: &Vec<u8>| {
-        model.get(k).map(Vec::as_slice) != state.get(k).map(|(v, _)| v.as_slice())
-    };
-    let mut differing = state.len();
-    let mut found = (differing == 0).then_some(0);
-    for s in 0..max_steps {
-        for (k, v) in step(s) {
-            let before = differs(&model, &k);
-            match v {
-                Some(v) => model.insert(k.clone(), v),
-                None => model.remove(&k),
-            };
-            let after = differs(&model, &k);
-            differing = differing + usize::from(after) - usize::from(before);
-        }
-        if differing == 0 {
-            found = Some(s + 1);
-        }
-    }
-    found
+        .unwrap_or_else(|err| panic!("{what}: reopen after the kill failed: {err}"));
+    state_of(&e, what)
 }
 
 /// Rounds of: a child runs from the recovered prefix on, is killed after a random number of
@@ -247,7 +122,8 @@ fn kill_rounds(policy_name: &str, rounds: u64, most_acks: u64) {
             );
             continue;
         }
-        let state = recovered(&dir, policy, seed);
+        let what = format!("seed {seed} round {round}");
+        let state = recovered(&dir, policy, &what);
         // A child prints at most one step past what it wrote: search a little beyond.
         let prefix = matching_prefix(&state, acked + 64).unwrap_or_else(|| {
             panic!("seed {seed} round {round}: the recovered state is no prefix of the steps")
@@ -262,40 +138,18 @@ fn kill_rounds(policy_name: &str, rounds: u64, most_acks: u64) {
                 "seed {seed} round {round}: {acked} steps acknowledged under always, {prefix} recovered"
             );
         }
-        // Every version is the one its writer was told, and versions follow the steps.
-        let mut by_op: Vec<(u64, u64)> = state
-            .values()
-            .map(|(v, version)| (op_of(v), *version))
-            .collect();
-        by_op.sort_unstable();
-        for w in by_op.windows(2) {
-            assert!(
-                w[0].1 < w[1].1,
-                "seed {seed} round {round}: versions out of step order"
-            );
-        }
-        for (op, version) in &by_op {
-            let s = op / 3;
-            // The child is told a batch's last version; its first operation is two before.
-            let before_told = if step(s).len() == 3 { 2 - op % 3 } else { 0 };
-            if let Some(&want) = told.get(&s) {
-                assert_eq!(
-                    version + before_told,
-                    want,
-                    "seed {seed} round {round}: operation {op} of step {s}, told {want}"
-                );
-            }
-        }
+        check_versions(&state, &told, &what);
         // Steps past the prefix were not applied: whatever the child was told about them no
         // longer holds.
         told.retain(|&s, _| s < prefix);
         done = prefix;
     }
     // A clean close after the last recovery keeps the state.
-    let before = recovered(&dir, policy, seed);
+    let what = format!("seed {seed}, after a clean close");
+    let before = recovered(&dir, policy, &what);
     let e = Engine::open(&dir, config(policy)).unwrap();
     e.close().unwrap();
-    assert_eq!(recovered(&dir, policy, seed), before, "seed {seed}");
+    assert_eq!(recovered(&dir, policy, &what), before, "{what}");
 }
 
 #[test]

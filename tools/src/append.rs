@@ -28,6 +28,13 @@ pub fn run<R: Read>(
             t.reason
         );
     }
+    for p in &wal.recovery_report().dropped_segments {
+        eprintln!(
+            "walctl: recovered {}: a segment was missing before this one; set it aside as {} (its records are not in the log)",
+            dir.display(),
+            p.display()
+        );
+    }
     let mut unacked: Vec<u64> = Vec::new();
     let mut line = Vec::new();
     let mut out_open = true;

@@ -94,7 +94,9 @@ pub enum RecoveryMode {
     #[default]
     Strict,
     /// Like `Strict`, but a bad record in the last segment is cut together with everything after
-    /// it even when valid records follow (those records are lost, and reported).
+    /// it even when valid records follow, and when a segment is missing between two others the
+    /// segments after the gap are set aside (renamed `*.seg.dropped`, never deleted): the log is
+    /// kept up to the first damage. What is lost is reported ([`crate::RecoveryReport`]).
     TailTolerant,
 }
 

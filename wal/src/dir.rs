@@ -9,6 +9,9 @@
 //!   00000000000000004097.seg
 //!   next.seg.tmp                a segment being prepared (zero-filled) for the next roll
 //!   index/                      the engine's index checkpoints (sorted run files)
+//!   NNNNNNNNNNNNNNNNNNNN.seg.dropped
+//!                               a segment after a gap, set aside by tail-tolerant recovery
+//!                               (never read again; kept for the operator)
 //! ```
 //!
 //! Invariants (docs/format.md, "Recovery"):
@@ -40,6 +43,8 @@ pub const SPARE_FILE: &str = "next.seg.tmp";
 /// Subdirectory where the engine keeps index checkpoints (its contents are the engine's).
 pub const INDEX_DIR: &str = "index";
 const TMP_SUFFIX: &str = ".tmp";
+/// Suffix of a segment that tail-tolerant recovery set aside (see `writer::recover`).
+pub const DROPPED_SUFFIX: &str = ".dropped";
 
 /// What one segment looks like on disk.
 #[derive(Debug, Clone)]
@@ -140,7 +145,7 @@ impl LogView {
             let path = dir.join(&name);
             if let Some(lsn) = format::parse_segment_file_name(&name) {
                 segs.push((lsn, path));
-            } else if name == LOCK_FILE || name == INDEX_DIR {
+            } else if name == LOCK_FILE || name == INDEX_DIR || is_dropped(&name) {
             } else if name == CLOSED_FILE {
                 closed_path = Some(path);
             } else if name.ends_with(TMP_SUFFIX)
@@ -463,6 +468,17 @@ impl std::fmt::Debug for LogView {
     }
 }
 
+/// True for the name of a segment set aside by tail-tolerant recovery: a segment's name, then
+/// [`DROPPED_SUFFIX`] and possibly a number that keeps it apart from an earlier one.
+pub fn is_dropped(name: &str) -> bool {
+    name.split_once(".seg.dropped").is_some_and(|(stem, rest)| {
+        format::parse_segment_file_name(&format!("{stem}.seg")).is_some()
+            && rest.strip_prefix('.').map_or(rest.is_empty(), |n| {
+                !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+            })
+    })
+}
+
 fn read_marker(io: &dyn Io, p: &Path) -> Result<ClosedMarker> {
     let f = io.open_read(p).map_err(|e| Error::io("open", p, e))?;
     let mut b = vec![0u8; format::CLOSED_LEN + 1];
@@ -487,4 +503,30 @@ pub(crate) fn read_footer_at_end(
     } else {
         None
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_dropped;
+
+    #[test]
+    fn dropped_segment_names_are_recognised_and_nothing_else() {
+        for ok in [
+            "00000000000000000001.seg.dropped",
+            "00000000000000004097.seg.dropped.2",
+        ] {
+            assert!(is_dropped(ok), "{ok}");
+        }
+        for not in [
+            "00000000000000000001.seg",
+            "00000000000000000001.seg.dropped.",
+            "00000000000000000001.seg.dropped.x",
+            "00000000000000000001.seg.droppedx",
+            "1.seg.dropped",
+            "notes.seg.dropped",
+            ".seg.dropped",
+        ] {
+            assert!(!is_dropped(not), "{not}");
+        }
+    }
 }

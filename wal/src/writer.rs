@@ -109,6 +109,10 @@ pub struct RecoveryReport {
     pub finished_seal: bool,
     /// Temporary files removed.
     pub removed_temp_files: usize,
+    /// Segments after a gap in the log (a segment missing between two others, as in a copy of a
+    /// live directory that missed one created while it ran) that tail-tolerant recovery set
+    /// aside, as they are named now (`*.seg.dropped`). Their records are not in the log.
+    pub dropped_segments: Vec<PathBuf>,
     /// Last LSN after recovery.
     pub last_lsn: u64,
 }
@@ -1403,12 +1407,64 @@ impl Shared {
     }
 }
 
+/// Tail-tolerant recovery of a log with a gap (a segment missing between two others, which no
+/// crash leaves: a segment is created only after the one before it is sealed and fsynced, so it
+/// is a copy of a live directory that missed a segment created while it ran, or a deleted
+/// file): keeps the log up to the gap, whose last LSN is `last_lsn`, and renames every segment
+/// after it to `NAME.seg.dropped` (`.N` added when that name is taken), removes a `CLOSED`
+/// marker (it names an end the log no longer has), then fsyncs the directory. Nothing is deleted; later opens ignore those files. Returns their new paths.
+fn set_aside_after_gap(io: &Arc<dyn Io>, dir: &Path, last_lsn: u64) -> Result<Vec<PathBuf>> {
+    let names = io.list_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    let mut after: Vec<(u64, String)> = names
+        .into_iter()
+        .filter_map(|n| format::parse_segment_file_name(&n).map(|lsn| (lsn, n)))
+        .filter(|&(lsn, _)| lsn > last_lsn)
+        .collect();
+    after.sort();
+    let mut moved = Vec::with_capacity(after.len());
+    for (_, name) in after {
+        let from = dir.join(&name);
+        let mut to = dir.join(format!("{name}{}", dir::DROPPED_SUFFIX));
+        let mut n = 0u32;
+        while io.exists(&to) {
+            n += 1;
+            to = dir.join(format!("{name}{}.{n}", dir::DROPPED_SUFFIX));
+        }
+        io.rename(&from, &to)
+            .map_err(|e| Error::io("rename", &from, e))?;
+        moved.push(to);
+    }
+    // A `CLOSED` marker names an end the log no longer has: the log is now a crash image.
+    let marker = dir.join(CLOSED_FILE);
+    if io.exists(&marker) {
+        io.remove_file(&marker)
+            .map_err(|e| Error::io("remove", &marker, e))?;
+    }
+    io.sync_dir(dir)
+        .map_err(|e| Error::io("fsync directory", dir, e))?;
+    Ok(moved)
+}
+
 /// Recovery: reads the directory, applies the decision table to the tail, cuts a torn tail,
 /// completes an interrupted seal, removes temporary files and the `CLOSED` marker.
 fn recover(io: &Arc<dyn Io>, dir: &Path, config: &WalConfig) -> Result<(LogView, RecoveryReport)> {
-    let mut view = LogView::open_after_close(io.clone(), dir)?;
+    let mut dropped = Vec::new();
+    let mut view = match LogView::open_after_close(io.clone(), dir) {
+        Err(Error::MissingSegment {
+            last_lsn,
+            next,
+            next_first_lsn,
+            ..
+        }) if config.recovery == RecoveryMode::TailTolerant => {
+            dropped = set_aside_after_gap(io, dir, last_lsn)?;
+            tracing::warn!(dir = %dir.display(), last_lsn, next = %next.display(), next_first_lsn, segments = dropped.len(), "records missing between two segments: kept the log up to the gap, set the segments after it aside");
+            LogView::open_after_close(io.clone(), dir)?
+        }
+        r => r?,
+    };
     let mut report = RecoveryReport {
         closed_cleanly: view.closed.is_some(),
+        dropped_segments: dropped,
         ..Default::default()
     };
     if let Some(last) = view.segments.last() {

@@ -223,6 +223,65 @@ fn a_missing_segment_is_reported_with_the_gap() {
 }
 
 #[test]
+fn tail_tolerant_keeps_the_log_up_to_a_gap_and_sets_the_rest_aside() {
+    let (sim, io) = log(400, false);
+    let segs = segments(&io);
+    assert!(segs.len() >= 4, "{segs:?}");
+    let kept_bytes = sim.file_bytes(&segs[0]).unwrap();
+    io.remove_file(&segs[1]).unwrap();
+    let wal = Wal::open_with_io(io.clone(), DIR, cfg(RecoveryMode::TailTolerant)).unwrap();
+    let kept = lsns(&wal);
+    let end = kept.len() as u64;
+    assert_eq!(kept, (1..=end).collect::<Vec<_>>(), "a prefix");
+    assert!(end > 0);
+    // Exactly the first segment's records: the gap is right after it.
+    let first_of_missing = segs[1]
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(seglog_wal::format::parse_segment_file_name)
+        .unwrap();
+    assert_eq!(end + 1, first_of_missing);
+    let dropped: Vec<PathBuf> = segs[2..]
+        .iter()
+        .map(|p| PathBuf::from(format!("{}.dropped", p.display())))
+        .collect();
+    assert_eq!(wal.recovery_report().dropped_segments, dropped);
+    for (from, to) in segs[2..].iter().zip(&dropped) {
+        assert!(
+            !io.exists(from) && io.exists(to),
+            "{} set aside",
+            from.display()
+        );
+    }
+    assert_eq!(sim.file_bytes(&segs[0]).unwrap(), kept_bytes);
+    // The log goes on from the gap, and a strict open afterwards finds nothing wrong.
+    for i in 0..200 {
+        wal.append(Entry::new(b"k", &value(i))).unwrap();
+    }
+    drop(wal);
+    sim.process_crash();
+    let wal = Wal::open_with_io(io, DIR, cfg(RecoveryMode::Strict)).unwrap();
+    assert_eq!(lsns(&wal), (1..=end + 200).collect::<Vec<_>>());
+    assert!(wal.recovery_report().dropped_segments.is_empty());
+}
+
+#[test]
+fn tail_tolerant_opens_a_closed_log_with_a_gap_up_to_the_gap() {
+    let (_sim, io) = log(400, true);
+    let segs = segments(&io);
+    io.remove_file(&segs[1]).unwrap();
+    assert!(matches!(
+        Wal::open_with_io(io.clone(), DIR, cfg(RecoveryMode::Strict)),
+        Err(Error::MissingSegment { .. })
+    ));
+    let wal = Wal::open_with_io(io, DIR, cfg(RecoveryMode::TailTolerant)).unwrap();
+    assert_eq!(wal.recovery_report().dropped_segments.len(), segs.len() - 2);
+    let end = lsns(&wal).len() as u64;
+    assert_eq!(lsns(&wal), (1..=end).collect::<Vec<_>>());
+    wal.append(Entry::new(b"k", b"after")).unwrap();
+}
+
+#[test]
 fn a_foreign_file_is_refused_by_name() {
     let (sim, io) = log(3, false);
     sim.write_file(&Path::new(DIR).join("notes.txt"), b"hi".to_vec());
