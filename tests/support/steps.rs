@@ -75,11 +75,16 @@ pub fn policy_named(name: &str) -> FsyncPolicy {
 /// Runs step `s` on `e`; returns the version it was told (a batch's last; 0 for a delete of
 /// a key that was not there, which writes nothing).
 pub fn run_step(e: &Engine, s: u64) -> u64 {
+    try_step(e, s).unwrap_or_else(|err| panic!("step {s}: {err}"))
+}
+
+/// [`run_step`], returning the engine's error.
+pub fn try_step(e: &Engine, s: u64) -> seglog::Result<u64> {
     let changes = step(s);
     if let [(k, v)] = changes.as_slice() {
         match v {
-            Some(v) => e.put(k, v).expect("put"),
-            None => e.delete(k).expect("delete").unwrap_or(0),
+            Some(v) => e.put(k, v),
+            None => e.delete(k).map(|v| v.unwrap_or(0)),
         }
     } else {
         let ops: Vec<BatchOp<'_>> = changes
@@ -93,7 +98,7 @@ pub fn run_step(e: &Engine, s: u64) -> u64 {
                 None => BatchOp::Delete { key, expect: None },
             })
             .collect();
-        e.write_batch(&ops, None).expect("batch").1
+        e.write_batch(&ops, None).map(|(_, last)| last)
     }
 }
 
