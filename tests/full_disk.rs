@@ -8,18 +8,13 @@
 
 #[path = "support/steps.rs"]
 mod steps;
+#[path = "support/tmpfs.rs"]
+mod tmpfs;
 use seglog::wal::FsyncPolicy;
 use seglog::Engine;
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use steps::*;
-
-struct Mount(std::path::PathBuf);
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _unmount_best_effort = Command::new("umount").arg(&self.0).status();
-    }
-}
+use tmpfs::Tmpfs;
 
 /// The steps that returned, and the error that stopped them.
 fn write_until_full(e: &Engine, from: u64, told: &mut HashMap<u64, u64>) -> (u64, String) {
@@ -38,18 +33,9 @@ fn write_until_full(e: &Engine, from: u64, told: &mut HashMap<u64, u64>) -> (u64
 fn a_full_disk_is_an_error_and_loses_nothing_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1M", "tmpfs"])
-        .arg(&mnt)
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+    let Some(disk) = Tmpfs::mount(&mnt, "1M") else {
         return;
-    }
-    let _mount = Mount(mnt.clone());
+    };
     let dir = mnt.join("data");
     let mut told = HashMap::new();
     let e = Engine::open(&dir, config(FsyncPolicy::Always)).unwrap();
@@ -65,12 +51,7 @@ fn a_full_disk_is_an_error_and_loses_nothing_acknowledged() {
     check_versions(&state, &told, "full");
 
     // Space again: the same engine writes on.
-    assert!(Command::new("mount")
-        .args(["-o", "remount,size=16M"])
-        .arg(&mnt)
-        .status()
-        .unwrap()
-        .success());
+    disk.resize("16M");
     for s in done..done + 200 {
         told.insert(s, try_step(&e, s).expect("a write once there is space"));
     }

@@ -3,33 +3,20 @@
 //! once there is space again. Needs a small tmpfs (root); skipped, loudly, where it cannot mount.
 
 mod common;
+#[path = "../../tests/support/tmpfs.rs"]
+mod tmpfs;
 use common::*;
 use std::io::Write;
-use std::process::{Command, Stdio};
-
-struct Mount(std::path::PathBuf);
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _unmount_best_effort = Command::new("umount").arg(&self.0).status();
-    }
-}
+use std::process::Stdio;
+use tmpfs::Tmpfs;
 
 #[test]
 fn full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1M", "tmpfs"])
-        .arg(&mnt)
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+    let Some(disk) = Tmpfs::mount(&mnt, "1M") else {
         return;
-    }
-    let _mount = Mount(mnt.clone());
+    };
     let config = small_segments_config(tmp.path(), "64KB");
     let dir = mnt.join("data");
     let input: String = (0..100_000).map(|i| format!("record-{i}\n")).collect();
@@ -74,12 +61,7 @@ fn full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
         );
     }
     // Space again: appends resume after the last record.
-    assert!(Command::new("mount")
-        .args(["-o", "remount,size=8M"])
-        .arg(&mnt)
-        .status()
-        .unwrap()
-        .success());
+    disk.resize("8M");
     let mut child = append_cmd(&config, &dir, &[])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

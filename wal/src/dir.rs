@@ -471,12 +471,13 @@ impl std::fmt::Debug for LogView {
 /// True for the name of a segment set aside by tail-tolerant recovery: a segment's name, then
 /// [`DROPPED_SUFFIX`] and possibly a number that keeps it apart from an earlier one.
 pub fn is_dropped(name: &str) -> bool {
-    name.split_once(".seg.dropped").is_some_and(|(stem, rest)| {
-        format::parse_segment_file_name(&format!("{stem}.seg")).is_some()
-            && rest.strip_prefix('.').map_or(rest.is_empty(), |n| {
-                !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
-            })
-    })
+    name.split_once(DROPPED_SUFFIX)
+        .is_some_and(|(segment, rest)| {
+            format::parse_segment_file_name(segment).is_some()
+                && rest.strip_prefix('.').map_or(rest.is_empty(), |n| {
+                    !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+                })
+        })
 }
 
 fn read_marker(io: &dyn Io, p: &Path) -> Result<ClosedMarker> {

@@ -1412,7 +1412,8 @@ impl Shared {
 /// is a copy of a live directory that missed a segment created while it ran, or a deleted
 /// file): keeps the log up to the gap, whose last LSN is `last_lsn`, and renames every segment
 /// after it to `NAME.seg.dropped` (`.N` added when that name is taken), removes a `CLOSED`
-/// marker (it names an end the log no longer has), then fsyncs the directory. Nothing is deleted; later opens ignore those files. Returns their new paths.
+/// marker (it names an end the log no longer has), then fsyncs the directory. No segment is
+/// deleted; later opens ignore the set-aside files. Returns their new paths.
 fn set_aside_after_gap(io: &Arc<dyn Io>, dir: &Path, last_lsn: u64) -> Result<Vec<PathBuf>> {
     let names = io.list_dir(dir).map_err(|e| Error::io("list", dir, e))?;
     let mut after: Vec<(u64, String)> = names
