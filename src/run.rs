@@ -1492,6 +1492,78 @@ mod tests {
     }
 
     proptest! {
+        // Cheap (tens of microseconds a case): more cases than the default.
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// "Readers never trust an entry beyond the checksum": a run whose bytes are anything
+        /// at all, with checksums that hold (as a bug of ours, or a crafted file, could leave),
+        /// is refused or read without a panic by every read path (lookups, both orders of
+        /// iteration, a merge); untouched, it reads back as built.
+        #[test]
+        fn a_run_of_any_bytes_with_valid_checksums_reads_without_a_panic(
+            keys in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..12), 0..200),
+            // (place, byte): places past the end wrap, so header, entries and heap all get hit.
+            writes in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..24),
+            cut in proptest::option::of(any::<usize>()),
+        ) {
+            let mut entries: Vec<(u64, Vec<u8>, Val)> = keys
+                .into_iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    let v = (i % 3 != 0).then_some(Slot {
+                        version: 10 + i as u64,
+                        location: Location { segment: 1, offset: 8 * i as u64 },
+                    });
+                    (key_hash(0, &k), k, v)
+                })
+                .collect();
+            entries.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            entries.dedup_by(|a, b| (a.0, &a.1) == (b.0, &b.1));
+            let sound = run_of(&entries, 1);
+            let mut bytes = sound.backing.bytes().to_vec();
+            let body = bytes.len() - (bytes.len() - HEADER_LEN).div_ceil(CHECKED_BLOCK) * 4 - 4;
+            for &(at, byte) in &writes {
+                bytes[at % body] = byte;
+            }
+            if let Some(c) = cut {
+                bytes.truncate(HEADER_LEN + c % (body - HEADER_LEN + 1));
+            }
+            // Resealed only where the header's counts still fit the bytes (else the reseal
+            // itself has nothing to go by): the run must then be refused.
+            let n = u64_at(&bytes, 40).and_then(|n| usize::try_from(n).ok());
+            let k = u64_at(&bytes, 48).and_then(|k| usize::try_from(k).ok());
+            let fits = matches!((n, k), (Some(n), Some(k))
+                if n.checked_mul(ENTRY_LEN).and_then(|e| e.checked_add(HEADER_LEN + k))
+                    .is_some_and(|end| end <= bytes.len()));
+            let bytes = if fits { reseal(bytes) } else { bytes };
+            let untouched = writes.is_empty() && cut.is_none();
+            match Run::parse(Backing::Heap(bytes), None, false) {
+                None => prop_assert!(!untouched, "a sound run refused"),
+                Some(run) => {
+                    for (h, k, v) in &entries {
+                        let got = run.get(*h, k);
+                        if untouched {
+                            prop_assert_eq!(got, Some(*v));
+                        }
+                    }
+                    let _ = run.get(7, b"absent");
+                    let in_order: Vec<_> = run.iter().map(|(h, k, v)| (h, k.get().to_vec(), v)).collect();
+                    let by_key: Vec<_> = run.iter_keys_from(b"").map(|(_, k, v)| (k.get().to_vec(), v)).collect();
+                    let from_middle = run.iter_keys_from(&[0x80]).count();
+                    prop_assert!(from_middle <= by_key.len());
+                    let mut out = RunBuilder::with_capacity(run.len() + sound.len(), 0);
+                    let merged = merge_runs(&[&run, &sound], false, &mut out, 64, &mut || true);
+                    if untouched {
+                        prop_assert_eq!(in_order.len(), entries.len());
+                        prop_assert_eq!(by_key.len(), entries.len());
+                        prop_assert_eq!(merged, Some(true));
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
         #[test]
         fn sort_keys_orders_by_key_then_number(
             keys in proptest::collection::vec(
