@@ -101,6 +101,17 @@ pub fn inspect(
             s.file_len
         )?;
     }
+    let mut dropped = view.dropped.clone();
+    dropped.sort();
+    for p in &dropped {
+        writeln!(
+            out,
+            "{}  set aside by tail-tolerant recovery after a missing segment: not part of the log",
+            p.file_name()
+                .map(|f| f.to_string_lossy())
+                .unwrap_or_default()
+        )?;
+    }
     writeln!(out)?;
     match (&view.tail, tail_note(&view)) {
         (_, Some(n)) => writeln!(out, "tail: {n}")?,

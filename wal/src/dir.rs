@@ -98,6 +98,9 @@ pub struct LogView {
     pub closed: Option<ClosedMarker>,
     /// Temporary files left by an interrupted segment preparation (removed by recovery).
     pub temp_files: Vec<PathBuf>,
+    /// Segments set aside by tail-tolerant recovery after a gap (`*.seg.dropped`): not part of
+    /// the log, kept for the operator.
+    pub dropped: Vec<PathBuf>,
     io: Arc<dyn Io>,
 }
 
@@ -140,12 +143,15 @@ impl LogView {
         let mut problem: Option<Error> = None;
         let mut segs: Vec<(u64, PathBuf)> = Vec::new();
         let mut temp_files = Vec::new();
+        let mut dropped = Vec::new();
         let mut closed_path = None;
         for name in names {
             let path = dir.join(&name);
             if let Some(lsn) = format::parse_segment_file_name(&name) {
                 segs.push((lsn, path));
-            } else if name == LOCK_FILE || name == INDEX_DIR || is_dropped(&name) {
+            } else if name == LOCK_FILE || name == INDEX_DIR {
+            } else if is_dropped(&name) {
+                dropped.push(path);
             } else if name == CLOSED_FILE {
                 closed_path = Some(path);
             } else if name.ends_with(TMP_SUFFIX)
@@ -179,6 +185,7 @@ impl LogView {
             chain_crc: 0,
             closed,
             temp_files,
+            dropped,
             io: io.clone(),
         };
         if let Err(e) = view.load_segments(&segs, trust_closed) {
