@@ -564,7 +564,10 @@ fn a_merge_keeps_the_runs_it_replaced_until_it_is_durable() {
             r.records_replayed,
             last - durable_to
         );
-        // Once the merged runs are durable, what they replaced is removed.
+        // Once the merged runs are durable, what they replaced is removed. The open's own
+        // background work (writing the runs of what it replayed) is done first, so that no run
+        // is written between the sync and the look at the index (under a loaded CI, one was).
+        e.checkpoint_now().unwrap();
         e.sync_index().unwrap();
         let shape = e.stats().unwrap().index;
         assert_eq!((shape.unsynced_run_files, shape.retired_run_files), (0, 0));
