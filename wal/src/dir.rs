@@ -162,7 +162,7 @@ impl LogView {
                 problem.get_or_insert(Error::ForeignFile {
                     path,
                     reason:
-                        "seglog writes only segments (20-digit LSN + .seg), LOCK and CLOSED here"
+                        "seglog writes only segments (20-digit LSN + .seg), LOCK, CLOSED, index/ and set-aside segments (.seg.dropped) here"
                             .into(),
                 });
             }
