@@ -153,7 +153,6 @@ pub fn matching_prefix(state: &State, max_steps: u64) -> Option<u64> {
 /// Checks that every version in `state` is the one its writer was told (`told`, by step) and
 /// that versions follow the steps.
 pub fn check_versions(state: &State, told: &HashMap<u64, u64>, what: &str) {
-    // Every version is the one its writer was told, and versions follow the steps.
     let mut by_op: Vec<(u64, u64)> = state
         .values()
         .map(|(v, version)| (op_of(v), *version))
@@ -164,7 +163,7 @@ pub fn check_versions(state: &State, told: &HashMap<u64, u64>, what: &str) {
     }
     for (op, version) in &by_op {
         let s = op / 3;
-        // The child is told a batch's last version; its first operation is two before.
+        // A writer is told a batch's last version; its first operation is two before.
         let before_told = if step(s).len() == 3 { 2 - op % 3 } else { 0 };
         if let Some(&want) = told.get(&s) {
             assert_eq!(
