@@ -82,8 +82,8 @@ impl SegmentInfo {
 /// A consistent picture of a data directory, checked structurally without changing anything:
 /// every segment's header, every sealed segment's footer and how consecutive segments join,
 /// and a full scan of the last segment to find where its valid records end (recovery takes
-/// that end from the `CLOSED` marker instead, after a clean close: see
-/// [`LogView::open_after_close`]).
+/// that end from the `CLOSED` marker instead after a clean close, and starts the scan at the
+/// segment's durable point after a crash: see [`LogView::open_after_close`]).
 #[derive(Clone)]
 pub struct LogView {
     /// The directory.
@@ -117,7 +117,9 @@ impl LogView {
 
     /// Like [`LogView::open`], but after a clean close it takes the last segment's end from the
     /// `CLOSED` marker instead of scanning the segment, as it does for the sealed segments'
-    /// ends from their footers (see [`LogView::trust_marker`]). Recovery opens the log so.
+    /// ends from their footers (see [`LogView::trust_marker`]), and after a crash it scans the
+    /// last segment from its header's durable point on (see `format::DurablePoint`). Recovery
+    /// opens the log so; `walctl verify` and the other read-only views scan every frame.
     pub(crate) fn open_after_close(io: Arc<dyn Io>, dir: &Path) -> Result<Self> {
         let (view, problem) = Self::open_checked(io, dir, true)?;
         match problem {
@@ -302,6 +304,14 @@ impl LogView {
                 }
                 None => None,
             };
+            // Recovery after a crash starts at the header's durable point, when there is one
+            // within the file: what lies before it is durable and unchanged since (see
+            // `format::DurablePoint`), as a sealed segment's records are.
+            if trust_closed && clean_end.is_none() {
+                if let Some(p) = cursor.durable.filter(|p| p.records_end <= file_len) {
+                    cursor.skip_to(p);
+                }
+            }
             let mut scan = reader::scan_tail(&mut cursor, clean_end)?;
             if clean_end.is_none() && matches!(scan.state, TailState::Corrupt { .. }) {
                 // A writer may be appending right now: a frame read while it was being copied

@@ -38,7 +38,9 @@ use std::path::Path;
 /// Magic bytes opening every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"seglogWL";
 /// Current format version (header field). Version history is in docs/format.md.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
+/// Oldest format version this build reads (version 1 differs only in having no durable point).
+pub const OLDEST_FORMAT_VERSION: u16 = 1;
 
 /// Segment header length in bytes.
 pub const HEADER_LEN: usize = 64;
@@ -50,9 +52,12 @@ const HDR_FIRST_LSN: usize = HDR_RESERVED0 + 4;
 const HDR_CREATED: usize = HDR_FIRST_LSN + 8;
 const HDR_CAPACITY: usize = HDR_CREATED + 8;
 const HDR_PREV_CRC: usize = HDR_CAPACITY + 8;
-const HDR_RESERVED1: usize = HDR_PREV_CRC + 4;
+/// Where the header's durable point is (see [`DurablePoint`]).
+pub const HDR_DURABLE: usize = HDR_PREV_CRC + 4;
 const HDR_CRC: usize = HEADER_LEN - 4;
-const _: () = assert!(HDR_RESERVED1 + 16 == HDR_CRC);
+/// Bytes of the durable point: records end (u32), records (u32), chain value (u32), its CRC.
+pub const DURABLE_LEN: usize = 16;
+const _: () = assert!(HDR_DURABLE + DURABLE_LEN == HDR_CRC);
 
 /// Record frame header length in bytes.
 pub const RECORD_HEADER_LEN: usize = 32;
@@ -142,6 +147,13 @@ pub struct SegmentHeader {
     pub prev_crc: u32,
 }
 
+/// The header's checksum: over its bytes before the checksum, with the durable point's taken as
+/// zeros (the point is rewritten in place and carries its own checksum, see [`DurablePoint`]).
+fn header_crc(b: &[u8]) -> u32 {
+    let c = crc32c::crc32c(&b[..HDR_DURABLE]);
+    crc32c::crc32c_append(c, &[0u8; DURABLE_LEN])
+}
+
 impl SegmentHeader {
     /// Encodes the header.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
@@ -153,7 +165,7 @@ impl SegmentHeader {
         b[HDR_CREATED..HDR_CREATED + 8].copy_from_slice(&self.created_unix_us.to_le_bytes());
         b[HDR_CAPACITY..HDR_CAPACITY + 8].copy_from_slice(&self.capacity.to_le_bytes());
         b[HDR_PREV_CRC..HDR_PREV_CRC + 4].copy_from_slice(&self.prev_crc.to_le_bytes());
-        let crc = crc32c::crc32c(&b[..HDR_CRC]);
+        let crc = header_crc(&b);
         b[HDR_CRC..].copy_from_slice(&crc.to_le_bytes());
         b
     }
@@ -177,12 +189,12 @@ impl SegmentHeader {
             });
         }
         let stored = u32_at(b, HDR_CRC);
-        if crc32c::crc32c(&b[..HDR_CRC]) != stored {
+        if header_crc(b) != stored {
             return Err(Error::corrupt(path, 0, "segment header checksum mismatch"));
         }
         let version = u16_at(b, HDR_VERSION);
-        if version != FORMAT_VERSION {
-            return Err(Error::corrupt(path, HDR_VERSION as u64, format!("unsupported format version {version} (this build reads version {FORMAT_VERSION})")));
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
+            return Err(Error::corrupt(path, HDR_VERSION as u64, format!("unsupported format version {version} (this build reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})")));
         }
         if usize::from(u16_at(b, HDR_HEADER_LEN)) != HEADER_LEN {
             return Err(Error::corrupt(
@@ -196,6 +208,78 @@ impl SegmentHeader {
             created_unix_us: u64_at(b, HDR_CREATED),
             capacity: u64_at(b, HDR_CAPACITY),
             prev_crc: u32_at(b, HDR_PREV_CRC),
+        })
+    }
+}
+
+/// A point of the active segment that an fdatasync has made durable, kept in its header (bytes
+/// [`HDR_DURABLE`]..+[`DURABLE_LEN`]) so that recovery can start its scan there instead of at
+/// the first record.
+///
+/// ```text
+///  0 u32 records_end   offset just past the point's last frame
+///  4 u32 records       frames before it in the segment (its last LSN is first_lsn + records - 1)
+///  8 u32 chain_crc     chain value after that frame
+/// 12 u32 crc           CRC-32C of the segment's first_lsn (u64 LE) then bytes 0..12
+/// ```
+///
+/// Why trusting it is sound: it is written (in place, never fsynced by itself) only after the
+/// fdatasync that made every byte before `records_end` durable returned, and those bytes never
+/// change afterwards (a recovery cuts only after where it starts scanning). So after a crash or
+/// a power loss, and in a copy that read the file front to back (rsync, cp, tar: the header
+/// first, and every byte before the point was written before the header said so), the bytes
+/// before the point are the records it describes. A torn or stale point fails its CRC or
+/// describes an earlier durable point: either way no wrong end. Damage to those bytes since
+/// is found by the readers that read them, as in a sealed segment. All zeros: no point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurablePoint {
+    /// Offset just past the point's last frame.
+    pub records_end: u64,
+    /// LSN of that frame.
+    pub last_lsn: u64,
+    /// Chain value after it.
+    pub chain_crc: u32,
+}
+
+impl DurablePoint {
+    fn crc(first_lsn: u64, b: &[u8]) -> u32 {
+        crc32c::crc32c_append(crc32c::crc32c(&first_lsn.to_le_bytes()), &b[..12])
+    }
+
+    /// Encodes the point of a segment whose first LSN is `first_lsn`; `None` when it does not
+    /// fit (a segment holds at most 1 GiB, so it always does for a point the log took).
+    pub fn encode(&self, first_lsn: u64) -> Option<[u8; DURABLE_LEN]> {
+        let end = u32::try_from(self.records_end).ok()?;
+        let records = u32::try_from(self.last_lsn.checked_add(1)?.checked_sub(first_lsn)?).ok()?;
+        let mut b = [0u8; DURABLE_LEN];
+        b[0..4].copy_from_slice(&end.to_le_bytes());
+        b[4..8].copy_from_slice(&records.to_le_bytes());
+        b[8..12].copy_from_slice(&self.chain_crc.to_le_bytes());
+        let crc = Self::crc(first_lsn, &b);
+        b[12..16].copy_from_slice(&crc.to_le_bytes());
+        Some(b)
+    }
+
+    /// The point in a header's bytes `b` (at least [`HEADER_LEN`]) of a segment whose first LSN
+    /// is `first_lsn`: `None` when there is none, it fails its CRC, or it could not be a point
+    /// of a segment (before the first frame, not frame-aligned, fewer bytes than its frames).
+    pub fn decode(b: &[u8], first_lsn: u64) -> Option<Self> {
+        let p = b.get(HDR_DURABLE..HDR_DURABLE + DURABLE_LEN)?;
+        if p.iter().all(|&x| x == 0) || Self::crc(first_lsn, p) != u32_at(p, 12) {
+            return None;
+        }
+        let records_end = u64::from(u32_at(p, 0));
+        let records = u64::from(u32_at(p, 4));
+        let plausible = records > 0
+            && records_end % FRAME_ALIGN as u64 == 0
+            && records_end >= HEADER_LEN as u64 + records * RECORD_HEADER_LEN as u64;
+        if !plausible {
+            return None;
+        }
+        Some(DurablePoint {
+            records_end,
+            last_lsn: first_lsn.checked_add(records - 1)?,
+            chain_crc: u32_at(p, 8),
         })
     }
 }

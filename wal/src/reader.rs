@@ -12,8 +12,8 @@
 
 use crate::error::{Error, Result};
 use crate::format::{
-    self, Frame, FrameView, Location, Record, SegmentFooter, SegmentHeader, FLAG_BATCH_CONTINUES,
-    FRAME_ALIGN, HEADER_LEN, RECORD_HEADER_LEN,
+    self, DurablePoint, Frame, FrameView, Location, Record, SegmentFooter, SegmentHeader,
+    FLAG_BATCH_CONTINUES, FRAME_ALIGN, HEADER_LEN, RECORD_HEADER_LEN,
 };
 use crate::io::{Io, IoFile};
 use std::path::{Path, PathBuf};
@@ -62,6 +62,8 @@ pub(crate) struct SegmentCursor {
     /// File length when last looked at (refreshed at end of file: the active segment grows
     /// when it is not preallocated).
     known_len: u64,
+    /// The durable point the header holds, if any (see [`DurablePoint`]).
+    pub durable: Option<DurablePoint>,
 }
 
 impl SegmentCursor {
@@ -75,6 +77,7 @@ impl SegmentCursor {
         let mut hdr = [0u8; HEADER_LEN];
         let n = read_full(&*file, &mut hdr, 0).map_err(|e| Error::io("read", path, e))?;
         let header = SegmentHeader::decode(&hdr[..n], path)?;
+        let durable = DurablePoint::decode(&hdr[..n], header.first_lsn);
         let known_len = file.file_len().map_err(|e| Error::io("stat", path, e))?;
         if header.first_lsn != name_lsn {
             return Err(Error::corrupt(
@@ -98,7 +101,20 @@ impl SegmentCursor {
             expected_lsn: header.first_lsn,
             prev_crc: header.prev_crc,
             known_len,
+            durable,
         })
+    }
+
+    /// Moves to `point`, as if every frame before it had been read and checked: the next frame
+    /// expected is at its `records_end`, with the LSN after its last and linking to its chain
+    /// value. Only recovery does this, with the header's own durable point.
+    pub(crate) fn skip_to(&mut self, point: DurablePoint) {
+        self.buf_off = point.records_end;
+        self.end = 0;
+        self.pos = 0;
+        self.last = (0, 0);
+        self.expected_lsn = point.last_lsn + 1;
+        self.prev_crc = point.chain_crc;
     }
 
     /// File offset of the next frame.

@@ -19,13 +19,16 @@
 //!   created; the roll holds the mutex and waits for the leader's I/O in flight to finish.
 //! - After any failed write or fsync the log is poisoned: every later operation that writes
 //!   returns [`Error::Poisoned`] until the log is reopened. No fsync is retried.
+//! - The durable point in the active segment's header (`format::DurablePoint`, where the next
+//!   recovery starts its scan) is written only after the fdatasync covering every frame before
+//!   it returned, by the leader in the same I/O round; a failure to write it poisons the log.
 
 use crate::config::{Durability, FsyncPolicy, RecoveryMode, WalConfig};
 use crate::dir::{self, LogView, CLOSED_FILE, SPARE_FILE};
 use crate::error::{Error, Result};
 use crate::format::{
-    self, ClosedMarker, Entry, Location, Record, SegmentFooter, SegmentHeader, FOOTER_LEN,
-    HEADER_LEN, MAX_KEY_LEN,
+    self, ClosedMarker, DurablePoint, Entry, Location, Record, SegmentFooter, SegmentHeader,
+    DURABLE_LEN, FOOTER_LEN, HDR_DURABLE, HEADER_LEN, MAX_KEY_LEN,
 };
 use crate::io::{create_dir_durable, DirLock, Io, IoFile, LockOutcome};
 use crate::reader::{self, LiveLimit, LiveSource, TailState, WalReader};
@@ -40,6 +43,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Pending bytes at which a buffered appender writes them out without waiting for the flusher.
 pub const WRITE_BUFFER_BYTES: usize = 1 << 20;
+/// Most bytes of log between the durable points written into the active segment's header (an
+/// eighth of the segment when that is less; see `format::DurablePoint`): after a crash,
+/// recovery scans about this much of it, plus what was written since the last fdatasync.
+pub const DURABLE_POINT_EVERY: u64 = 1 << 20;
 /// Rounds a leader runs past its own record while others wait, before handing off.
 pub const MAX_LEAD_ROUNDS: u32 = 8;
 const ZERO_CHUNK: usize = 1 << 20;
@@ -177,6 +184,24 @@ struct Active {
     capacity: u64,
     /// Offset just past the last encoded frame (pending included).
     end: u64,
+    /// The point just past the last frame written (the written watermark, in this segment).
+    written: Option<DurablePoint>,
+    /// `records_end` of the last durable point written into the header (see [`DURABLE_POINT_EVERY`]).
+    marked: u64,
+}
+
+impl Active {
+    /// The durable point to write into the header after an fdatasync that covered `point`,
+    /// when it is [`DURABLE_POINT_EVERY`] bytes (or an eighth of the segment, when less) past
+    /// the last one written.
+    fn mark_due(&self, point: Option<DurablePoint>) -> Option<(DurablePoint, [u8; DURABLE_LEN])> {
+        let p = point?;
+        let every = DURABLE_POINT_EVERY.min(self.capacity / 8).max(1);
+        if p.records_end < self.marked.saturating_add(every) {
+            return None;
+        }
+        Some((p, p.encode(self.first_lsn)?))
+    }
 }
 
 struct State {
@@ -308,12 +333,28 @@ impl Wal {
                 // page cache only, and the watermark below says it is durable.
                 file.sync_data()
                     .map_err(|e| Error::io("fdatasync", &s.path, e))?;
+                // That prefix is durable now: the next recovery may start where it ends.
+                let point = DurablePoint {
+                    records_end: s.records_end,
+                    last_lsn: s.last_lsn,
+                    chain_crc: view.chain_crc,
+                };
+                let mut marked = 0;
+                if s.last_lsn >= s.first_lsn() {
+                    if let Some(b) = point.encode(s.first_lsn()) {
+                        file.write_at(&b, HDR_DURABLE as u64)
+                            .map_err(|e| Error::io("write", &s.path, e))?;
+                        marked = s.records_end;
+                    }
+                }
                 Some(Active {
                     file,
                     path: s.path.clone().into(),
                     first_lsn: s.first_lsn(),
                     capacity: s.header.capacity,
                     end: s.records_end,
+                    written: Some(point),
+                    marked,
                 })
             }
             _ => None,
@@ -1110,12 +1151,24 @@ impl Shared {
         let path = a.path.clone();
         let offset = a.end - g.pending.len() as u64;
         let last = g.pending_last_lsn;
+        // `pending` holds every record encoded so far: the chain value is its last one's.
+        let point = DurablePoint {
+            records_end: a.end,
+            last_lsn: last,
+            chain_crc: g.chain_crc,
+        };
+        let mark = if sync { a.mark_due(Some(point)) } else { None };
         let fresh = std::mem::take(&mut g.spare_buf);
         let mut buf = std::mem::replace(&mut g.pending, fresh);
         let t = Instant::now();
         let r = self.unlocked_io(g, || {
             if sync {
-                file.write_and_sync(&buf, offset)
+                file.write_and_sync(&buf, offset)?;
+                // Only after the fdatasync covering it returned (see `DurablePoint`).
+                match mark {
+                    Some((_, b)) => file.write_at(&b, HDR_DURABLE as u64),
+                    None => Ok(()),
+                }
             } else {
                 file.write_at(&buf, offset)
             }
@@ -1135,6 +1188,12 @@ impl Shared {
             Ok(()) => {
                 g.written_lsn = last;
                 self.written.store(last, Ordering::Release);
+                if let Some(a) = g.active.as_mut() {
+                    a.written = Some(point);
+                    if let Some((p, _)) = mark {
+                        a.marked = p.records_end;
+                    }
+                }
                 if sync {
                     g.durable_lsn = last;
                     self.durable.store(last, Ordering::Release);
@@ -1167,8 +1226,16 @@ impl Shared {
         }
         let file = a.file.clone();
         let path = a.path.clone();
+        let mark = a.mark_due(a.written);
         let t = Instant::now();
-        let r = self.unlocked_io(g, || file.sync_data());
+        let r = self.unlocked_io(g, || {
+            file.sync_data()?;
+            // Only after the fdatasync covering it returned (see `DurablePoint`).
+            match mark {
+                Some((_, b)) => file.write_at(&b, HDR_DURABLE as u64),
+                None => Ok(()),
+            }
+        });
         self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.counters
             .fsync_nanos
@@ -1178,6 +1245,9 @@ impl Shared {
                 if covers > g.durable_lsn {
                     g.durable_lsn = covers;
                     self.durable.store(covers, Ordering::Release);
+                }
+                if let (Some(a), Some((p, _))) = (g.active.as_mut(), mark) {
+                    a.marked = a.marked.max(p.records_end);
                 }
             }
             Err(e) => self.poison(g, &Error::io("fdatasync", &*path, e)),
@@ -1279,6 +1349,8 @@ impl Shared {
             first_lsn,
             capacity,
             end: HEADER_LEN as u64,
+            written: None,
+            marked: 0,
         });
         g.spare_requested = false;
         Ok(())

@@ -1,7 +1,9 @@
 //! One test per row of the recovery decision table in docs/format.md, on the simulated file
 //! system with exact byte surgery: what recovery cuts, what it reports, what it refuses.
 
-use seglog_wal::format::{frame_size, FOOTER_LEN, HEADER_LEN};
+use seglog_wal::format::{
+    frame_size, DurablePoint, SegmentHeader, DURABLE_LEN, FOOTER_LEN, HDR_DURABLE, HEADER_LEN,
+};
 use seglog_wal::sim::SimIo;
 use seglog_wal::{Entry, Error, FsyncPolicy, Io, LogView, RecoveryMode, TailState, Wal, WalConfig};
 use std::path::{Path, PathBuf};
@@ -128,10 +130,27 @@ fn incomplete_batch_at_the_end_is_cut_whole() {
     assert_eq!(lsns(&wal), vec![1]);
 }
 
+/// The durable point in a segment's header (`format::DurablePoint`), as recovery reads it.
+fn durable_point(sim: &SimIo, seg: &Path) -> Option<DurablePoint> {
+    let b = sim.file_bytes(seg).unwrap();
+    let first = SegmentHeader::decode(&b, seg).unwrap().first_lsn;
+    DurablePoint::decode(&b, first)
+}
+
+/// Clears the durable point, so that recovery scans the segment from its first frame, as it
+/// does when no fdatasync covered any of it.
+fn forget_durable_point(sim: &SimIo, seg: &Path) {
+    edit(sim, seg, |b| {
+        b[HDR_DURABLE..HDR_DURABLE + DURABLE_LEN].fill(0)
+    });
+}
+
 #[test]
 fn bad_frame_followed_by_valid_ones_is_refused_in_strict_mode_and_cut_in_tail_tolerant() {
     let (sim, io) = log(6, false);
     let seg = segments(&io)[0].clone();
+    // Damage after the durable point (here: no point at all) is what the scan sees.
+    forget_durable_point(&sim, &seg);
     let third = HEADER_LEN as u64 + 2 * frame();
     edit(&sim, &seg, |b| b[(third + 40) as usize] ^= 0x10);
     match Wal::open_with_io(io.clone(), DIR, cfg(RecoveryMode::Strict)) {
@@ -279,6 +298,101 @@ fn tail_tolerant_opens_a_closed_log_with_a_gap_up_to_the_gap() {
     let end = lsns(&wal).len() as u64;
     assert_eq!(lsns(&wal), (1..=end).collect::<Vec<_>>());
     wal.append(Entry::new(b"k", b"after")).unwrap();
+}
+
+/// After a crash, recovery scans the last segment from its header's durable point: damage
+/// before it is not seen by the open (as in a sealed segment), and the reader that reaches it
+/// reports it with segment and offset; `LogView` (`walctl verify`) still scans and reports it.
+/// Without the point, the same damage is refused by the open.
+#[test]
+fn recovery_starts_at_the_durable_point_and_readers_report_damage_before_it() {
+    let (sim, io) = log(40, false);
+    let seg = segments(&io)[0].clone();
+    let point = durable_point(&sim, &seg).expect("fdatasyncs wrote a durable point");
+    assert!(point.last_lsn >= 4 && point.last_lsn <= 40, "{point:?}");
+    assert_eq!(
+        point.records_end,
+        HEADER_LEN as u64 + point.last_lsn * frame()
+    );
+    let second = HEADER_LEN as u64 + frame();
+    edit(&sim, &seg, |b| b[(second + 40) as usize] ^= 0x10);
+    let before = sim.file_bytes(&seg).unwrap();
+
+    let view = LogView::open_prefix(io.clone(), Path::new(DIR)).unwrap().0;
+    assert!(
+        matches!(view.tail, TailState::Corrupt { .. }),
+        "{:?}",
+        view.tail
+    );
+    let wal = Wal::open_with_io(io.clone(), DIR, cfg(RecoveryMode::Strict)).unwrap();
+    assert_eq!(wal.last_lsn(), 40);
+    assert_eq!(wal.recovery_report().torn_tail, None);
+    let read: Vec<_> = wal.reader(1).collect();
+    assert_eq!(read[0].as_ref().unwrap().lsn, 1);
+    match &read[1] {
+        Err(Error::Corruption {
+            segment, offset, ..
+        }) => {
+            assert_eq!((segment, *offset), (&seg, second))
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    assert_eq!(read.len(), 2, "nothing past the damage");
+    drop(wal);
+    sim.process_crash();
+
+    // The same damage with no durable point: the open scans it and refuses.
+    sim.put_file_bytes(&seg, before);
+    forget_durable_point(&sim, &seg);
+    assert!(matches!(
+        Wal::open_with_io(io, DIR, cfg(RecoveryMode::Strict)),
+        Err(Error::Corruption { .. })
+    ));
+}
+
+/// A durable point that fails its checksum, or that lies past the end of the file, is not
+/// used: the segment is scanned from its first frame.
+#[test]
+fn a_damaged_or_out_of_range_durable_point_is_not_used() {
+    let (sim, io) = log(40, false);
+    let seg = segments(&io)[0].clone();
+    let point = durable_point(&sim, &seg).unwrap();
+    edit(&sim, &seg, |b| b[HDR_DURABLE] ^= 1);
+    assert_eq!(durable_point(&sim, &seg), None);
+    let wal = Wal::open_with_io(io.clone(), DIR, cfg(RecoveryMode::Strict)).unwrap();
+    assert_eq!(lsns(&wal), (1..=40).collect::<Vec<_>>());
+    drop(wal);
+    sim.process_crash();
+    let len = sim.file_bytes(&seg).unwrap().len() as u64;
+    let far = DurablePoint {
+        records_end: len + 8,
+        ..point
+    };
+    edit(&sim, &seg, |b| {
+        b[HDR_DURABLE..HDR_DURABLE + DURABLE_LEN].copy_from_slice(&far.encode(1).unwrap())
+    });
+    let wal = Wal::open_with_io(io, DIR, cfg(RecoveryMode::Strict)).unwrap();
+    assert_eq!(lsns(&wal), (1..=40).collect::<Vec<_>>());
+}
+
+/// An open makes the recovered prefix durable and records that as the durable point, so the
+/// next recovery starts at least there.
+#[test]
+fn an_open_after_a_crash_marks_the_recovered_end_durable() {
+    let (sim, io) = log(3, false);
+    let seg = segments(&io)[0].clone();
+    assert_eq!(
+        durable_point(&sim, &seg),
+        None,
+        "3 records: below the marking distance"
+    );
+    let wal = Wal::open_with_io(io, DIR, cfg(RecoveryMode::Strict)).unwrap();
+    let p = durable_point(&sim, &seg).expect("marked at open");
+    assert_eq!(
+        (p.last_lsn, p.records_end),
+        (3, HEADER_LEN as u64 + 3 * frame())
+    );
+    assert_eq!(lsns(&wal), vec![1, 2, 3]);
 }
 
 #[test]
