@@ -307,17 +307,21 @@ impl LogView {
             // Recovery after a crash starts at the header's durable point, when there is one
             // within the file: what lies before it is durable and unchanged since (see
             // `format::DurablePoint`), as a sealed segment's records are.
-            if trust_closed && clean_end.is_none() {
-                if let Some(p) = cursor.durable.filter(|p| p.records_end <= file_len) {
-                    cursor.skip_to(p);
+            let from_durable_point = |c: &mut SegmentCursor| {
+                if trust_closed && clean_end.is_none() {
+                    if let Some(p) = c.durable.filter(|p| p.records_end <= file_len) {
+                        c.skip_to(p);
+                    }
                 }
-            }
+            };
+            from_durable_point(&mut cursor);
             let mut scan = reader::scan_tail(&mut cursor, clean_end)?;
             if clean_end.is_none() && matches!(scan.state, TailState::Corrupt { .. }) {
                 // A writer may be appending right now: a frame read while it was being copied
                 // looks bad while later, finished frames look valid. The writer only appends, so
                 // such a frame checks out when read again; real damage does not.
                 cursor = SegmentCursor::open(&*io, path, *lsn)?;
+                from_durable_point(&mut cursor);
                 scan = reader::scan_tail(&mut cursor, None)?;
             }
             self.push_tail(path, &cursor, file_len, &scan);

@@ -696,6 +696,66 @@ mod tests {
         );
     }
 
+    /// The durable point: it round-trips; a header holding one still decodes (its checksum
+    /// leaves the point out) and a version-1 header (no point) too; it is bound to its
+    /// segment's first LSN; a flipped bit, all zeros or an impossible end mean none.
+    #[test]
+    fn durable_point_roundtrips_outside_the_header_checksum() {
+        let h = SegmentHeader {
+            first_lsn: 10,
+            created_unix_us: 1,
+            capacity: 1 << 20,
+            prev_crc: 9,
+        };
+        let p = DurablePoint {
+            records_end: HEADER_LEN as u64 + 5 * 80,
+            last_lsn: 14,
+            chain_crc: 77,
+        };
+        let mut b = h.encode();
+        assert_eq!(
+            DurablePoint::decode(&b, 10),
+            None,
+            "a new header holds none"
+        );
+        b[HDR_DURABLE..HDR_DURABLE + DURABLE_LEN].copy_from_slice(&p.encode(10).unwrap());
+        assert_eq!(SegmentHeader::decode(&b, Path::new("x")).unwrap(), h);
+        assert_eq!(DurablePoint::decode(&b, 10), Some(p));
+        assert_eq!(DurablePoint::decode(&b, 11), None, "another segment's");
+        for bit in 0..DURABLE_LEN * 8 {
+            let mut f = b;
+            f[HDR_DURABLE + bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(DurablePoint::decode(&f, 10), None, "bit {bit}");
+            assert!(SegmentHeader::decode(&f, Path::new("x")).is_ok());
+        }
+        // More frames than bytes for them, or an end inside the header: impossible.
+        for bad in [
+            DurablePoint {
+                records_end: 100,
+                ..p
+            },
+            DurablePoint {
+                records_end: 40,
+                last_lsn: 10,
+                ..p
+            },
+        ] {
+            let mut f = b;
+            f[HDR_DURABLE..HDR_DURABLE + DURABLE_LEN].copy_from_slice(&bad.encode(10).unwrap());
+            assert_eq!(DurablePoint::decode(&f, 10), None, "{bad:?}");
+        }
+        let mut v1 = h.encode();
+        v1[HDR_VERSION..HDR_VERSION + 2].copy_from_slice(&1u16.to_le_bytes());
+        let crc = header_crc(&v1);
+        v1[HDR_CRC..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(SegmentHeader::decode(&v1, Path::new("x")).unwrap(), h);
+        let mut v3 = v1;
+        v3[HDR_VERSION..HDR_VERSION + 2].copy_from_slice(&3u16.to_le_bytes());
+        let crc = header_crc(&v3);
+        v3[HDR_CRC..].copy_from_slice(&crc.to_le_bytes());
+        assert!(SegmentHeader::decode(&v3, Path::new("x")).is_err());
+    }
+
     #[test]
     fn segment_names_sort_by_lsn() {
         assert_eq!(parse_segment_file_name(&segment_file_name(123)), Some(123));
