@@ -214,6 +214,16 @@ impl LogView {
         let count = segs.len();
         for (i, (lsn, path)) in segs.iter().enumerate() {
             let mut cursor = SegmentCursor::open(&*io, path, *lsn)?;
+            // A durable point that is not one is damage, but in the last segment after a crash,
+            // where power loss may have torn its write (recovery then scans the whole segment,
+            // and the open writes a new one).
+            if cursor.durable_damaged && (i + 1 < count || self.closed.is_some()) {
+                return Err(Error::corrupt(
+                    path,
+                    format::HDR_DURABLE as u64,
+                    "the durable point in the segment header fails its checksum",
+                ));
+            }
             if let Some(prev) = self.segments.last() {
                 if prev.last_lsn + 1 != *lsn {
                     return Err(Error::MissingSegment {

@@ -260,6 +260,15 @@ impl DurablePoint {
         Some(b)
     }
 
+    /// True when the header's bytes `b` hold a point (its bytes are not all zero) that
+    /// [`DurablePoint::decode`] does not accept: torn by a crash while the segment was active,
+    /// or damaged.
+    pub fn is_damaged(b: &[u8], first_lsn: u64) -> bool {
+        b.get(HDR_DURABLE..HDR_DURABLE + DURABLE_LEN)
+            .is_some_and(|p| p.iter().any(|&x| x != 0))
+            && Self::decode(b, first_lsn).is_none()
+    }
+
     /// The point in a header's bytes `b` (at least [`HEADER_LEN`]) of a segment whose first LSN
     /// is `first_lsn`: `None` when there is none, it fails its CRC, or it could not be a point
     /// of a segment (before the first frame, not frame-aligned, fewer bytes than its frames).

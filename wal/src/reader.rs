@@ -64,6 +64,8 @@ pub(crate) struct SegmentCursor {
     known_len: u64,
     /// The durable point the header holds, if any (see [`DurablePoint`]).
     pub durable: Option<DurablePoint>,
+    /// The header holds bytes where its durable point goes that are not one.
+    pub durable_damaged: bool,
 }
 
 impl SegmentCursor {
@@ -78,6 +80,7 @@ impl SegmentCursor {
         let n = read_full(&*file, &mut hdr, 0).map_err(|e| Error::io("read", path, e))?;
         let header = SegmentHeader::decode(&hdr[..n], path)?;
         let durable = DurablePoint::decode(&hdr[..n], header.first_lsn);
+        let durable_damaged = DurablePoint::is_damaged(&hdr[..n], header.first_lsn);
         let known_len = file.file_len().map_err(|e| Error::io("stat", path, e))?;
         if header.first_lsn != name_lsn {
             return Err(Error::corrupt(
@@ -102,6 +105,7 @@ impl SegmentCursor {
             prev_crc: header.prev_crc,
             known_len,
             durable,
+            durable_damaged,
         })
     }
 

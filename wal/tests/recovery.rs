@@ -375,6 +375,38 @@ fn a_damaged_or_out_of_range_durable_point_is_not_used() {
     assert_eq!(lsns(&wal), (1..=40).collect::<Vec<_>>());
 }
 
+/// A durable point that is not one is damage where no crash can have torn it: in a sealed
+/// segment (written before the seal's fsync), or in any segment of a cleanly closed log.
+#[test]
+fn a_damaged_durable_point_is_corruption_in_a_sealed_segment_or_a_closed_log() {
+    for close in [false, true] {
+        let (sim, io) = log(250, close);
+        let segs = segments(&io);
+        assert!(segs.len() >= 3, "{segs:?}");
+        let damaged = if close {
+            segs.last().unwrap()
+        } else {
+            &segs[0]
+        };
+        // A point that was there, or bytes where none was: either way not a point.
+        edit(&sim, damaged, |b| b[HDR_DURABLE + 3] ^= 4);
+        assert_eq!(durable_point(&sim, damaged), None);
+        for r in [
+            LogView::open(io.clone(), Path::new(DIR)).map(|_| ()),
+            Wal::open_with_io(io.clone(), DIR, cfg(RecoveryMode::Strict)).map(|_| ()),
+        ] {
+            match r {
+                Err(Error::Corruption {
+                    segment, offset, ..
+                }) => {
+                    assert_eq!((&segment, offset), (damaged, HDR_DURABLE as u64))
+                }
+                other => panic!("close {close}: expected corruption, got {other:?}"),
+            }
+        }
+    }
+}
+
 /// An open makes the recovered prefix durable and records that as the durable point, so the
 /// next recovery starts at least there.
 #[test]
