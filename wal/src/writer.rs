@@ -858,6 +858,13 @@ impl Wal {
         let Some(a) = g.active.as_ref() else {
             return Ok(());
         };
+        // The durable point the last round wrote is not covered by that round's fdatasync:
+        // made durable before the marker, so that a closed log's points are all whole.
+        if let Err(e) = a.file.sync_data() {
+            let err = Error::io("fdatasync", &*a.path, e);
+            s.poison(&mut g, &err);
+            return Err(err);
+        }
         let file_len = a
             .file
             .file_len()
@@ -1558,6 +1565,18 @@ fn recover(io: &Arc<dyn Io>, dir: &Path, config: &WalConfig) -> Result<(LogView,
         let file = io
             .open_rw(&last.path)
             .map_err(|e| Error::io("open", &last.path, e))?;
+        // A durable point torn by the crash (the scan above ignored it) is cleared, durably,
+        // before anything else: the segment may be sealed below or later, and in a sealed
+        // segment such bytes would be damage.
+        let mut header = [0u8; HEADER_LEN];
+        let n = reader::read_full(&*file, &mut header, 0)
+            .map_err(|e| Error::io("read", &last.path, e))?;
+        if DurablePoint::is_damaged(&header[..n], last.first_lsn()) {
+            file.write_at(&[0u8; DURABLE_LEN], HDR_DURABLE as u64)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| Error::io("write", &last.path, e))?;
+            tracing::warn!(segment = %last.path.display(), "cleared a durable point torn by the crash");
+        }
         if let Some(at) = cut_at {
             let end = reader::nonzero_end(&*file, &last.path, at)?;
             let zeros = vec![0u8; ZERO_CHUNK];

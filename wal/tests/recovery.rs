@@ -186,6 +186,9 @@ fn a_seal_interrupted_before_the_cut_is_finished() {
     io.sync_dir(Path::new(DIR)).unwrap();
     let mut padded = bytes.clone();
     padded.resize(4096, 0);
+    // The last durable point's write was torn too (it is written after its fdatasync, and only
+    // the seal's fsync covers it): the seal finished below must not keep it.
+    padded[HDR_DURABLE + 5] ^= 0x40;
     sim.put_file_bytes(&sealed, padded);
     let view = LogView::open(io.clone(), Path::new(DIR)).unwrap();
     assert!(
@@ -206,6 +209,12 @@ fn a_seal_interrupted_before_the_cut_is_finished() {
         2,
         "the next append went to a new segment"
     );
+    assert_eq!(durable_point(&sim, &sealed), None, "cleared");
+    drop(wal);
+    sim.power_loss();
+    // Sealed now and followed by another segment, its header holds no damage.
+    let wal = Wal::open_with_io(io, DIR, cfg(RecoveryMode::Strict)).unwrap();
+    assert_eq!(wal.last_lsn(), next);
 }
 
 #[test]
