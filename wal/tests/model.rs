@@ -16,6 +16,8 @@ enum Op {
     Sync,
     Flush,
     Reopen,
+    /// A clean close, then power fails before the next open.
+    CloseThenPowerLoss,
     ProcessCrash,
     PowerLoss,
     /// The next write is torn after this fraction (per mille) of its bytes, then power fails.
@@ -30,6 +32,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Sync),
         1 => Just(Op::Flush),
         1 => Just(Op::Reopen),
+        1 => Just(Op::CloseThenPowerLoss),
         1 => Just(Op::ProcessCrash),
         2 => Just(Op::PowerLoss),
         1 => (0u16..1000, 0usize..300).prop_map(|(t, n)| Op::TornWriteThenPowerLoss(t, n)),
@@ -142,6 +145,14 @@ fn run(seed: u64, policy: FsyncPolicy, ops: Vec<Op>) {
                 if w.close().is_ok() {
                     m.durable = m.appended.len() as u64;
                 }
+                wal = Some(open(&mut m));
+            }
+            Op::CloseThenPowerLoss => {
+                let w = wal.take().expect("open");
+                if w.close().is_ok() {
+                    m.durable = m.appended.len() as u64;
+                }
+                sim.power_loss();
                 wal = Some(open(&mut m));
             }
             Op::ProcessCrash => {
@@ -257,7 +268,8 @@ fn run_real(backend: usize, policy: FsyncPolicy, ops: Vec<Op>) {
                 w.flush()
                     .unwrap_or_else(|e| panic!("[{}] flush: {e}", env.name));
             }
-            Op::Reopen => {
+            // No power loss here: a close then power failure is a close.
+            Op::Reopen | Op::CloseThenPowerLoss => {
                 wal.take()
                     .expect("open")
                     .close()
