@@ -246,11 +246,15 @@ impl DurablePoint {
         crc32c::crc32c_append(crc32c::crc32c(&first_lsn.to_le_bytes()), &b[..12])
     }
 
-    /// Encodes the point of a segment whose first LSN is `first_lsn`; `None` when it does not
-    /// fit (a segment holds at most 1 GiB, so it always does for a point the log took).
+    /// Encodes the point of a segment whose first LSN is `first_lsn`; `None` when it covers no
+    /// frame or does not fit (a segment holds at most 1 GiB, so it always does for a point the
+    /// log took).
     pub fn encode(&self, first_lsn: u64) -> Option<[u8; DURABLE_LEN]> {
         let end = u32::try_from(self.records_end).ok()?;
         let records = u32::try_from(self.last_lsn.checked_add(1)?.checked_sub(first_lsn)?).ok()?;
+        if records == 0 {
+            return None;
+        }
         let mut b = [0u8; DURABLE_LEN];
         b[0..4].copy_from_slice(&end.to_le_bytes());
         b[4..8].copy_from_slice(&records.to_le_bytes());

@@ -340,12 +340,10 @@ impl Wal {
                     chain_crc: view.chain_crc,
                 };
                 let mut marked = 0;
-                if s.last_lsn >= s.first_lsn() {
-                    if let Some(b) = point.encode(s.first_lsn()) {
-                        file.write_at(&b, HDR_DURABLE as u64)
-                            .map_err(|e| Error::io("write", &s.path, e))?;
-                        marked = s.records_end;
-                    }
+                if let Some(b) = point.encode(s.first_lsn()) {
+                    file.write_at(&b, HDR_DURABLE as u64)
+                        .map_err(|e| Error::io("write", &s.path, e))?;
+                    marked = s.records_end;
                 }
                 Some(Active {
                     file,
