@@ -409,11 +409,20 @@ impl Engine {
                     {
                         tracing::warn!(error = %e, "could not make index runs durable (a power loss would cost replaying their segments)");
                     }
-                    nudged = match rx.recv_timeout(index::RUN_SYNC_AFTER / 4) {
+                    nudged = match rx.recv_timeout(index::TAIL_CHECKPOINT_IDLE) {
                         Ok(n) => Ok(n),
                         Err(RecvTimeoutError::Timeout) => Err(()),
                         Err(RecvTimeoutError::Disconnected) => break,
                     };
+                    // No roll for a while: the active segment may hold most of what a crash
+                    // would make the next open replay (see `Engine::checkpoint_tail`).
+                    if nudged.is_err()
+                        && state.read().tail_bytes() >= index::TAIL_CHECKPOINT_BYTES
+                    {
+                        if let Err(e) = index::checkpoint_tail(wal, state, lock) {
+                            tracing::warn!(error = %e, "could not write the index run of the active segment (a crash would cost replaying it)");
+                        }
+                    }
                 }
             })
             .map_err(|e| spawn_failed("spawn checkpointer thread", e))?;
@@ -478,6 +487,18 @@ impl Engine {
         // Queued changes may hold a roll: applied, its memtable is frozen and written below.
         drop(self.core.fresh());
         index::maintain(&self.core.wal, &self.core.state, &self.checkpoint_lock)
+    }
+
+    /// Writes the index of the active segment so far as a run (after making the log durable
+    /// to there), so that an open after a crash reads it instead of replaying those records,
+    /// and the log's recovery starts near there (see docs/durability.md). Returns whether it
+    /// wrote one. The checkpointer does this by itself when the log has had no roll for
+    /// [`crate::TAIL_CHECKPOINT_IDLE`] and [`crate::TAIL_CHECKPOINT_BYTES`] of the active
+    /// segment are in memory only: at full write speed, segments seal and are checkpointed
+    /// anyway.
+    pub fn checkpoint_tail(&self) -> Result<bool> {
+        drop(self.core.fresh());
+        index::checkpoint_tail(&self.core.wal, &self.core.state, &self.checkpoint_lock)
     }
 
     /// Makes every index run file durable now (fdatasync), and removes the run files that

@@ -22,8 +22,11 @@
 //! - The layers' LSN ranges are contiguous and do not overlap; together with the active
 //!   memtable they cover the log from its first LSN to the last appended record.
 //! - A key's state is the one in the newest layer that mentions it (a tombstone says deleted).
-//! - A run file always ends where a sealed segment ends (its chain value recorded), so a merged
-//!   or flushed run can be checked against the log at the next open.
+//! - A run file ends where a sealed segment ends, or at a record of the active segment (a run
+//!   written at close or by a tail checkpoint, [`checkpoint_tail`]: the record's location
+//!   recorded); either way its chain value is recorded, so that the run can be checked against
+//!   the log at the next open, and the replay of the active segment then starts after that
+//!   record ([`Wal::reader_after`]) instead of at the segment's first.
 //! - Layers are replaced only by the background task (under the checkpoint lock), by a run
 //!   that covers exactly their ranges; the write path only adds at the newest end. A merged
 //!   run file is durable before the files it replaces are unlinked (they are kept until then,
@@ -505,6 +508,9 @@ pub(crate) struct Index {
     active_epoch: u64,
     /// Segment (first LSN) the active memtable's records are in.
     active_segment: u64,
+    /// About where in that segment the active memtable's records start (see
+    /// [`Index::tail_bytes`]).
+    active_from: u64,
     /// Immutable layers, newest first.
     layers: Vec<Layer>,
     /// Maps for the next rolls to reuse.
@@ -555,6 +561,7 @@ impl Index {
             Replay(u64, u64, u32),
         }
         let mut parts: Vec<Part> = Vec::new();
+        let mut tail_start: TailStart = None;
         let mut next = wal.first_lsn();
         loop {
             let mut used = None;
@@ -598,6 +605,12 @@ impl Index {
                 None => {
                     // The rest of the log: the active segment (or what a run left of it).
                     parts.push(Part::Replay(next, u64::MAX, 0));
+                    // After a run that ends inside it, read from that run's last record on
+                    // (`ends_in_log` found it there, with the run's chain value).
+                    if let Some(Part::File(r)) = parts.iter().rev().nth(1) {
+                        let m = r.meta();
+                        tail_start = m.end.map(|at| (at, m.last_lsn, m.chain_crc));
+                    }
                     break;
                 }
             }
@@ -610,7 +623,7 @@ impl Index {
                 Part::File(_) => None,
             })
             .collect();
-        let mut replayed = replay_all(wal, &jobs, seed).into_iter();
+        let mut replayed = replay_all(wal, &jobs, seed, tail_start).into_iter();
         let mut oldest_first: Vec<Layer> = Vec::with_capacity(parts.len());
         for p in parts {
             let run = match p {
@@ -633,6 +646,17 @@ impl Index {
             active_first,
             active_epoch: 0,
             active_segment: wal.active_segment().unwrap_or(0),
+            // Where the changes only in memory begin: after the newest run file, when it ends
+            // inside the active segment.
+            active_from: oldest_first
+                .iter()
+                .find_map(|l| match l {
+                    Layer::Run(r) if r.in_file() => Some(r.meta().end),
+                    _ => None,
+                })
+                .flatten()
+                .filter(|at| Some(at.segment) == wal.active_segment())
+                .map_or(0, |at| at.offset),
             epoch: oldest_first.iter().map(Layer::epoch).max().unwrap_or(0),
             last_record: match oldest_first.first() {
                 Some(Layer::Run(r)) => r.meta().end.map(|at| (r.meta().last_lsn, at)),
@@ -753,7 +777,19 @@ impl Index {
         self.active_first = segment;
         self.active_epoch = 0;
         self.active_segment = segment;
+        self.active_from = 0;
         true
+    }
+
+    /// About how many bytes of the active segment the active memtable's changes come from
+    /// (what an open after a crash would replay of them).
+    pub(crate) fn tail_bytes(&self) -> u64 {
+        match self.last_record {
+            Some((lsn, at)) if lsn >= self.active_first && at.segment == self.active_segment => {
+                at.offset.saturating_sub(self.active_from)
+            }
+            _ => 0,
+        }
     }
 
     fn sources<'a>(
@@ -928,14 +964,16 @@ struct ReplayBuffers {
 }
 
 /// Replays `from..=to` into a run held in memory, with `chain_crc` as the chain value at its
-/// end (0 when the range does not end a sealed segment). Returns the run (none for an empty
-/// range) and how many records it read.
+/// end (0 when the range does not end a sealed segment), reading from `start` (the record
+/// before `from`) when given, else from the start of `from`'s segment. Returns the run (none
+/// for an empty range) and how many records it read.
 fn replay(
     wal: &Wal,
     from: u64,
     to: u64,
     chain_crc: u32,
     seed: u64,
+    start: TailStart,
     bufs: &mut ReplayBuffers,
 ) -> Replayed {
     let ReplayBuffers {
@@ -948,7 +986,13 @@ fn replay(
     let mut epoch = 0u64;
     let mut last = None;
     let mut last_at = Location::default();
-    let mut reader = wal.reader(from);
+    let mut reader = match start {
+        Some((at, lsn, chain)) if lsn + 1 == from => wal.reader_after(at, lsn, chain).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the index run's last record is not where it says; replaying its segment from the start");
+            wal.reader(from)
+        }),
+        _ => wal.reader(from),
+    };
     let mut malformed = None;
     while let Some(r) = reader.next_with(|r| {
         if r.lsn > to {
@@ -1655,6 +1699,38 @@ pub(crate) fn write_at_close(
     maintain(wal, state, one_writer)?;
     let _one = one_writer.lock();
     sync_runs(wal, state, std::time::Duration::ZERO)?;
+    write_through_last_record(wal, state, true)
+}
+
+/// Log bytes of the active segment whose changes are only in the active memtable at which the
+/// checkpointer, once the log has had no roll for [`TAIL_CHECKPOINT_IDLE`], writes them as a
+/// run (see [`checkpoint_tail`]).
+pub const TAIL_CHECKPOINT_BYTES: u64 = 4 << 20;
+
+/// How long the checkpointer waits for a roll before it looks at the active segment (see
+/// [`TAIL_CHECKPOINT_BYTES`]); also how often it looks for run files old enough to sync.
+pub const TAIL_CHECKPOINT_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Writes the changes of the active segment so far as a run ending at its last applied
+/// record, after making the log durable to there, so that an open after a crash reads that run
+/// instead of replaying those records (and the log's recovery starts near its end, at the
+/// durable point the sync recorded). Returns whether it wrote one.
+pub(crate) fn checkpoint_tail(
+    wal: &Wal,
+    state: &RwLock<Index>,
+    one_writer: &Mutex<()>,
+) -> Result<bool> {
+    maintain(wal, state, one_writer)?;
+    wal.sync()?;
+    let _one = one_writer.lock();
+    write_through_last_record(wal, state, false)
+}
+
+/// Freezes the active memtable at the last record applied and writes it, with every layer
+/// still only in memory, as one run ending at that record (its location and chain value
+/// recorded, see [`RunMeta::end`]); fdatasynced before its rename with `sync_data`. The caller
+/// holds the index writer lock. Returns whether it wrote a run.
+fn write_through_last_record(wal: &Wal, state: &RwLock<Index>, sync_data: bool) -> Result<bool> {
     let (group, lsn, at, oldest) = {
         let mut idx = state.write();
         let Some((lsn, at)) = idx.last_record else {
@@ -1666,6 +1742,7 @@ pub(crate) fn write_at_close(
             let frozen = Frozen::new(map, &idx, idx.active_first, lsn, idx.active_epoch);
             idx.layers.insert(0, Layer::Frozen(Arc::new(frozen)));
             idx.active_first = lsn + 1;
+            idx.active_from = at.offset;
             idx.active_epoch = 0;
         }
         let n = idx.layers.iter().take_while(|l| !l.in_file()).count();
@@ -1679,7 +1756,7 @@ pub(crate) fn write_at_close(
         chain_crc: chain,
         end: Some(at),
         drop_tombstones: oldest,
-        sync_data: true,
+        sync_data,
     };
     replace(wal, state, &group, out, &mut || Ok(()))
 }
@@ -1721,7 +1798,7 @@ pub(crate) fn repair_damaged(wal: &Wal, state: &RwLock<Index>) -> Result<usize> 
         }
         let mut newest_first = Vec::with_capacity(jobs.len());
         let seed = state.read().seed;
-        for replayed in replay_all(wal, &jobs, seed) {
+        for replayed in replay_all(wal, &jobs, seed, None) {
             if let (Some(r), _) = replayed? {
                 newest_first.push(Layer::Run(Arc::new(r)));
             }
@@ -1760,7 +1837,13 @@ pub(crate) fn repair_damaged(wal: &Wal, state: &RwLock<Index>) -> Result<usize> 
 
 /// Replays each `(from, to, chain_crc)` job (see [`replay`]) with hashes under `seed`, one
 /// worker a core, each taking the next job; the results come back in job order.
-fn replay_all(wal: &Wal, jobs: &[(u64, u64, u32)], seed: u64) -> Vec<Replayed> {
+/// Where the replay of the active segment starts, when an index run covers its beginning:
+/// that run's last record (location, LSN, chain value), read with [`Wal::reader_after`].
+type TailStart = Option<(Location, u64, u32)>;
+
+/// Replays `jobs` (first LSN, last LSN or `u64::MAX` for the rest of the log, chain value at
+/// the end or 0), the one to the end of the log from `tail` when given.
+fn replay_all(wal: &Wal, jobs: &[(u64, u64, u32)], seed: u64, tail: TailStart) -> Vec<Replayed> {
     let results: Vec<Mutex<Option<Replayed>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -1775,7 +1858,8 @@ fn replay_all(wal: &Wal, jobs: &[(u64, u64, u32)], seed: u64) -> Vec<Replayed> {
                     let Some(&(from, to, chain)) = jobs.get(j) else {
                         break;
                     };
-                    *results[j].lock() = Some(replay(wal, from, to, chain, seed, &mut bufs));
+                    let start = tail.filter(|_| to == u64::MAX);
+                    *results[j].lock() = Some(replay(wal, from, to, chain, seed, start, &mut bufs));
                 }
             });
         }

@@ -19,6 +19,8 @@ mod unapplied;
 pub use config::{CacheConfig, Config};
 pub use engine::{BatchOp, Engine, EngineStats, Expect, OpenReport};
 pub use error::{Error, Result};
-pub use index::{IndexShape, MAX_FROZEN_MEMTABLES, RUN_SYNC_AFTER};
+pub use index::{
+    IndexShape, MAX_FROZEN_MEMTABLES, RUN_SYNC_AFTER, TAIL_CHECKPOINT_BYTES, TAIL_CHECKPOINT_IDLE,
+};
 pub use seglog_wal as wal;
 pub use subscription::{Change, ChangeOp, Subscription};

@@ -24,6 +24,7 @@ enum Op {
     Reopen,
     PowerLoss,
     Checkpoint,
+    CheckpointTail,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -41,6 +42,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reopen),
         1 => Just(Op::PowerLoss),
         1 => Just(Op::Checkpoint),
+        1 => Just(Op::CheckpointTail),
     ]
 }
 
@@ -232,6 +234,9 @@ fn run(seed: u64, ops: Vec<Op>) {
             }
             Op::Checkpoint => {
                 e.checkpoint_now().unwrap();
+            }
+            Op::CheckpointTail => {
+                e.checkpoint_tail().unwrap();
             }
             Op::PowerLoss => {
                 sim.power_loss();

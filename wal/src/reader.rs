@@ -531,6 +531,12 @@ impl WalReader {
         }
     }
 
+    /// Starts at `cursor`, already positioned in the segment holding `from_lsn` (see
+    /// `Wal::reader_after`).
+    pub(crate) fn start_at(&mut self, cursor: SegmentCursor) {
+        self.cursor = Some(cursor);
+    }
+
     /// LSN of the next record this reader will return (if it exists).
     pub fn next_lsn(&self) -> u64 {
         match &self.cursor {

@@ -612,6 +612,46 @@ impl Wal {
         WalReader::new(Arc::new(source), from_lsn)
     }
 
+    /// A reader from the record after `lsn`, which is at `location` with the chain value
+    /// `chain_crc`, read without reading (or checking) the records before it in its segment:
+    /// for a caller that knows them already (the engine's index, after an index run that ends
+    /// there). The record at `location` is read and checked first; when it is not `lsn` with
+    /// that chain value, the result is an error and the caller reads from the segment's start.
+    pub fn reader_after(&self, location: Location, lsn: u64, chain_crc: u32) -> Result<WalReader> {
+        let r = self.read_record(location, lsn)?;
+        let path = self
+            .sealed_segment_path(location.segment)
+            .or_else(|| {
+                let segs = self.shared.segments.read();
+                segs.iter()
+                    .find(|(first, _)| *first == location.segment)
+                    .map(|(_, p)| p.clone())
+            })
+            .ok_or_else(|| {
+                Error::corrupt(
+                    format::segment_file_name(location.segment),
+                    location.offset,
+                    "no such segment",
+                )
+            })?;
+        if r.crc != chain_crc {
+            return Err(Error::corrupt(
+                &path,
+                location.offset,
+                format!("record {lsn} has another chain value than the one expected"),
+            ));
+        }
+        let mut cursor = reader::SegmentCursor::open(&*self.shared.io, &path, location.segment)?;
+        cursor.skip_to(DurablePoint {
+            records_end: location.offset + format::frame_size(r.key.len(), r.value.len()) as u64,
+            last_lsn: lsn,
+            chain_crc,
+        });
+        let mut reader = self.reader(lsn + 1);
+        reader.start_at(cursor);
+        Ok(reader)
+    }
+
     /// Reads back the record `lsn` whose frame is at `location` (as returned by
     /// [`Wal::submit_batch_located`] or found in [`Record::location`]), checking its checksum
     /// and LSN. A record still buffered is handed to the OS first.
