@@ -7,11 +7,13 @@
 //!   the ratios taken over pairs of runs whose blocks come engine, append, append, engine
 //!   (see [`abba_ratios`]), and beside them the ratio of each side's fastest block (see
 //!   [`fastest_blocks`]);
-//! - reopen of `--keys` keys: with index checkpoints after a clean close, with checkpoints of
-//!   the sealed segments only (what a crash leaves: the active segment is replayed), and full
-//!   replay (no checkpoints) of the same log after a clean close and after a crash, against a
-//!   raw sequential read of the same segment files; cold (page cache dropped, when the process
-//!   may) and warm;
+//! - reopen of `--keys` keys: with index checkpoints after a clean close; after a crash right
+//!   after writing them at full speed (checkpoints of the sealed segments only: the active
+//!   segment is replayed); after a crash 4 MiB of records past a checkpoint of the active
+//!   segment (`Engine::checkpoint_tail`, what the checkpointer writes when writes slow down);
+//!   and full replay (no checkpoints) of the same logs, against a raw sequential read of the
+//!   same segment files; cold (page cache dropped, when the process may) and warm. Every open
+//!   after a crash is the first (the durable point the previous one recorded is undone);
 //! - get latency p50/p99 for keys in sealed segments (memory-mapped) and in the active segment
 //!   (pread), warm, and cold (the first gets after dropping the page cache);
 //! - heap memory the open index costs per million keys, measured in a fresh process;
@@ -71,6 +73,30 @@ fn fresh(dir: &Path) -> Result<(), Failure> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(fail("remove bench directory", e)),
     }
+}
+
+/// The header of the last segment in `dir`: where its durable point is, which each open after
+/// a crash rewrites (see `seglog::wal::format::DurablePoint`); put back by
+/// [`restore_last_header`] so that every open measured is the first after the crash.
+fn last_header(dir: &Path) -> Result<(PathBuf, Vec<u8>), Failure> {
+    let (files, _) = segment_files(dir)?;
+    let last = files
+        .last()
+        .ok_or_else(|| fail("find the last segment", "no segments"))?
+        .clone();
+    let mut b = std::fs::read(&last).map_err(|e| fail("read the last segment", e))?;
+    b.truncate(seglog::wal::format::HEADER_LEN);
+    Ok((last, b))
+}
+
+fn restore_last_header(saved: &(PathBuf, Vec<u8>)) -> Result<(), Failure> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&saved.0)
+        .map_err(|e| fail("open the last segment", e))?;
+    f.write_all_at(&saved.1, 0)
+        .map_err(|e| fail("restore the last segment's header", e))
 }
 
 /// One block of [`put_vs_append`]: `n` operations on a fresh directory. The engine's block
@@ -449,8 +475,13 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
         raw_read(&files)?;
         raw_warm.push(t.elapsed().as_secs_f64());
     }
+    // Each open after the crash records a durable point at the recovered end: undone, so that
+    // each is the first open after the crash.
+    let crashed = last_header(&data)?;
     let (crash_cold, crash_warm, report_crash) =
-        time_opens(runs, &data, &cfg, Leave::Dropped, &|| Ok(()))?;
+        time_opens(runs, &data, &cfg, Leave::Dropped, &|| {
+            restore_last_header(&crashed)
+        })?;
     // A clean close writes the active segment's part of the index too, and the `CLOSED`
     // marker; each open removes the marker, and each engine is closed again for the next.
     Engine::open(&data, cfg.clone())
@@ -476,6 +507,39 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
         time_opens(runs, &data, &cfg, Leave::Dropped, &|| fresh(&index))?;
     fresh(&index)?;
     std::fs::rename(&aside, &index).map_err(|e| fail("put the index back", e))?;
+
+    // A crash at a low write rate: the checkpointer wrote a tail checkpoint (after 5 s without
+    // a roll, once 4 MiB of the active segment were in memory only), then another
+    // `TAIL_CHECKPOINT_BYTES` of records came in (updates of existing keys) before the crash.
+    let e = Engine::open(&data, cfg.clone()).map_err(|e| fail("open", e))?;
+    e.checkpoint_tail()
+        .map_err(|e| fail("checkpoint the tail", e))?;
+    let frame = seglog::wal::format::frame_size(key(0).len(), value.len()) as u64;
+    let past_tail = seglog::TAIL_CHECKPOINT_BYTES / frame;
+    for i in 0..past_tail {
+        e.put(key(i).as_bytes(), &value)
+            .map_err(|e| fail("put", e))?;
+    }
+    drop(e);
+    let crashed = last_header(&data)?;
+    let (tail_cold, tail_warm, report_tail) =
+        time_opens(runs, &data, &cfg, Leave::Dropped, &|| {
+            restore_last_header(&crashed)
+        })?;
+    fresh(&aside)?;
+    std::fs::rename(&index, &aside).map_err(|e| fail("move the index aside", e))?;
+    let (full_tail_cold, full_tail_warm, _) =
+        time_opens(runs, &data, &cfg, Leave::Dropped, &|| {
+            fresh(&index)?;
+            restore_last_header(&crashed)
+        })?;
+    fresh(&index)?;
+    std::fs::rename(&aside, &index).map_err(|e| fail("put the index back", e))?;
+    // Closed cleanly for what follows (memory after open, gets), as before the tail rows.
+    Engine::open(&data, cfg.clone())
+        .map_err(|e| fail("open", e))?
+        .close()
+        .map_err(|e| fail("close", e))?;
     rows.push((
         "with checkpoints, after a clean close",
         clean_cold,
@@ -491,6 +555,16 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
         "full replay (no checkpoints), crash",
         full_crash_cold,
         full_crash_warm,
+    ));
+    rows.push((
+        "with checkpoints, crash 4 MiB past a tail checkpoint",
+        tail_cold,
+        tail_warm,
+    ));
+    rows.push((
+        "full replay (no checkpoints), that crash",
+        full_tail_cold,
+        full_tail_warm,
     ));
     let full = |row: usize| (median(&rows[row].1), median(&rows[row].2));
     let ((full_clean_cold, full_clean_warm), (full_crash_cold, full_crash_warm)) =
@@ -522,6 +596,7 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
     for (name, r) in [
         ("clean", &report_clean),
         ("crash", &report_crash),
+        ("crash past a tail checkpoint", &report_tail),
         ("full", &report_full),
     ] {
         if let Some(r) = r {
@@ -546,12 +621,26 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
             out,
             summary("cold", clean, crash, full_clean_cold, full_crash_cold, raw),
         )?;
+        w(
+            out,
+            format!(
+                "  cold: checkpoints {:.1}x faster than full replay after a crash 4 MiB past a tail checkpoint",
+                median(&rows[5].1) / median(&rows[4].1)
+            ),
+        )?;
     }
     let (clean, crash) = (median(&rows[0].2), median(&rows[1].2));
     let raw = median(&raw_warm);
     w(
         out,
         summary("warm", clean, crash, full_clean_warm, full_crash_warm, raw),
+    )?;
+    w(
+        out,
+        format!(
+            "  warm: checkpoints {:.1}x faster than full replay after a crash 4 MiB past a tail checkpoint",
+            median(&rows[5].2) / median(&rows[4].2)
+        ),
     )?;
 
     // Memory, in a fresh process so freed memory of this one does not hide it.
