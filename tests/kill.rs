@@ -1,6 +1,6 @@
 //! Crash test of the engine: a child process writing through `Engine` (puts, deletes and
 //! three-operation batches, on small segments so that it rolls, flushes and merges index runs
-//! all the time) is SIGKILLed at random moments, many rounds on one directory, under each
+//! all the time, and now and then checkpoints the active segment) is SIGKILLed at random moments, many rounds on one directory, under each
 //! fsync policy. After each kill the directory is opened again and must hold exactly the state
 //! after some prefix of the steps the children ran (no step lost inside that prefix, no batch
 //! in part, no deleted key back, no value from a step after it), every version must be the one
@@ -41,6 +41,11 @@ fn child_process() {
     // The harness's "test child_process ... " has no line end yet.
     writeln!(out).expect("stdout");
     for s in first.. {
+        // Now and then a checkpoint of the active segment (the checkpointer's, when writes
+        // slow down), so that kills land in and after those too.
+        if s % 997 == 500 {
+            e.checkpoint_tail().expect("checkpoint the tail");
+        }
         let version = run_step(&e, s);
         writeln!(out, "ack {s} {version}").expect("stdout");
         out.flush().expect("stdout");

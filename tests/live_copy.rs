@@ -61,6 +61,9 @@ fn live_copies(policy_name: &str, copies: u64) {
         std::thread::spawn(move || {
             let mut s = 0u64;
             while !stop.load(Ordering::Acquire) {
+                if s % 997 == 500 {
+                    engine.checkpoint_tail().unwrap();
+                }
                 let version = run_step(&engine, s);
                 told.lock().unwrap().insert(s, version);
                 s += 1;
