@@ -619,21 +619,7 @@ impl Wal {
     /// that chain value, the result is an error and the caller reads from the segment's start.
     pub fn reader_after(&self, location: Location, lsn: u64, chain_crc: u32) -> Result<WalReader> {
         let r = self.read_record(location, lsn)?;
-        let path = self
-            .sealed_segment_path(location.segment)
-            .or_else(|| {
-                let segs = self.shared.segments.read();
-                segs.iter()
-                    .find(|(first, _)| *first == location.segment)
-                    .map(|(_, p)| p.clone())
-            })
-            .ok_or_else(|| {
-                Error::corrupt(
-                    format::segment_file_name(location.segment),
-                    location.offset,
-                    "no such segment",
-                )
-            })?;
+        let path = self.shared.segment_path(location)?;
         if r.crc != chain_crc {
             return Err(Error::corrupt(
                 &path,
@@ -667,19 +653,7 @@ impl Wal {
             }
             s.drive(&mut g, lsn, Need::Written)?;
         }
-        let path = s
-            .segments
-            .read()
-            .iter()
-            .find(|(first, _)| *first == location.segment)
-            .map(|(_, p)| p.clone())
-            .ok_or_else(|| {
-                Error::corrupt(
-                    s.dir.join(format::segment_file_name(location.segment)),
-                    location.offset,
-                    "no such segment",
-                )
-            })?;
+        let path = s.segment_path(location)?;
         let file = {
             let mut files = s.read_files.lock();
             match files.get(&location.segment) {
@@ -967,6 +941,22 @@ impl Drop for Wal {
 }
 
 impl Shared {
+    /// The file of the segment `location` is in; an error naming the place when there is none.
+    fn segment_path(&self, location: Location) -> Result<PathBuf> {
+        self.segments
+            .read()
+            .iter()
+            .find(|(first, _)| *first == location.segment)
+            .map(|(_, p)| p.clone())
+            .ok_or_else(|| {
+                Error::corrupt(
+                    self.dir.join(format::segment_file_name(location.segment)),
+                    location.offset,
+                    "no such segment",
+                )
+            })
+    }
+
     fn check_writable(&self, g: &State) -> Result<()> {
         if let Some(cause) = &g.poisoned {
             return Err(Error::Poisoned {
@@ -1612,7 +1602,7 @@ fn recover(io: &Arc<dyn Io>, dir: &Path, config: &WalConfig) -> Result<(LogView,
         if DurablePoint::is_damaged(&header[..n], last.first_lsn()) {
             file.write_at(&[0u8; DURABLE_LEN], HDR_DURABLE as u64)
                 .and_then(|()| file.sync_data())
-                .map_err(|e| Error::io("write", &last.path, e))?;
+                .map_err(|e| Error::io("write+fdatasync", &last.path, e))?;
             tracing::warn!(segment = %last.path.display(), "cleared a durable point torn by the crash");
         }
         if let Some(at) = cut_at {
