@@ -925,14 +925,15 @@ fn ends_in_log(wal: &Wal, sealed: &[seglog_wal::SealedSegment], run: &Run) -> bo
     }
 }
 
-/// A replayed record's change: its key (in [`ReplayBuffers::keys`]) and value, packed into 32
-/// bytes (the sort gathers changes at random, so their size is cache misses). Offsets are 32
-/// bits: a replay job covers one segment, and segments are at most 1 GiB.
+/// A replayed record's change: its key (in [`ReplayBuffers::keys`]) and its hash, and its
+/// value, packed into 32 bytes (the run is built from the changes in hash order, at random, so
+/// their size is cache misses). A replay job covers one segment, so the segment is the job's,
+/// and offsets are 32 bits (segments are at most 1 GiB).
 struct Change {
     key_at: u32,
     key_len: u32,
     version: u64,
-    segment: u64,
+    hash: u64,
     offset: u32,
     live: bool,
 }
@@ -943,11 +944,11 @@ impl Change {
         &keys[at..at + self.key_len as usize]
     }
 
-    fn val(&self) -> Val {
+    fn val(&self, segment: u64) -> Val {
         self.live.then_some(Slot {
             version: self.version,
             location: Location {
-                segment: self.segment,
+                segment,
                 offset: u64::from(self.offset),
             },
         })
@@ -994,6 +995,7 @@ fn replay(
         _ => wal.reader(from),
     };
     let mut malformed = None;
+    let mut segment = None;
     while let Some(r) = reader.next_with(|r| {
         if r.lsn > to {
             return false;
@@ -1024,11 +1026,17 @@ fn replay(
             malformed = Some((r.lsn, "a segment larger than 4 GiB".into()));
             return true;
         };
+        if *segment.get_or_insert(r.location.segment) != r.location.segment {
+            // The jobs are cut at segment ends (`Index::open`); a log that breaks that is not
+            // indexed wrongly.
+            malformed = Some((r.lsn, "a replay job that spans two segments".into()));
+            return true;
+        }
         items.push(Change {
             key_at,
             key_len: r.key.len() as u32,
             version: r.lsn,
-            segment: r.location.segment,
+            hash: run::key_hash(seed, r.key),
             offset,
             live,
         });
@@ -1046,30 +1054,28 @@ fn replay(
         return Ok((None, 0));
     };
     let n = last - from.max(wal.first_lsn()) + 1;
-    let latest = sort.latest_per_key_by_hash(
-        items.len(),
-        |i| run::key_hash(seed, items[i].key(keys)),
-        |i| items[i].key(keys),
-    );
+    let segment = segment.unwrap_or_default();
+    let latest =
+        sort.latest_per_key_by_hash(items.len(), |i| items[i].hash, |i| items[i].key(keys));
     let key_bytes = latest
         .iter()
-        .map(|&(_, n)| items[n as usize].key_len as usize)
+        .map(|&n| items[n as usize].key_len as usize)
         .sum();
     let mut b = RunBuilder::with_capacity(latest.len(), key_bytes);
     // `latest` visits the changes in hash order, so at random: ask for the change and the key
     // a few places ahead while this one is copied, hiding the cache misses behind each other.
     const AHEAD: usize = 8;
-    for (i, &(hash, n)) in latest.iter().enumerate() {
-        if let Some(&(_, m)) = latest.get(i + 2 * AHEAD) {
+    for (i, &n) in latest.iter().enumerate() {
+        if let Some(&m) = latest.get(i + 2 * AHEAD) {
             crate::mapped::prefetch(&items[m as usize]);
         }
-        if let Some(&(_, m)) = latest.get(i + AHEAD) {
+        if let Some(&m) = latest.get(i + AHEAD) {
             if let Some(k) = keys.get(items[m as usize].key_at as usize) {
                 crate::mapped::prefetch(k);
             }
         }
         let item = &items[n as usize];
-        b.push(hash, item.key(keys), item.val());
+        b.push(item.hash, item.key(keys), item.val(segment));
     }
     let meta = RunMeta {
         first_lsn: from,

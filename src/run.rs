@@ -130,9 +130,13 @@ pub(crate) struct KeySort {
     order: Vec<u32>,
     /// Scratch room for [`radix_sort_by_word`].
     scratch: Vec<(u64, u32)>,
-    /// Hash and number of each key's last change, in (hash, key) order (see
+    /// Hash words (see [`KeySort::latest_per_key_by_hash`]), ordered.
+    words: Vec<u64>,
+    /// Scratch room for [`radix_sort_high_bits`].
+    word_scratch: Vec<u64>,
+    /// The number of each key's last change, in (hash, key) order (see
     /// [`KeySort::latest_per_key_by_hash`]).
-    hashed: Vec<(u64, u32)>,
+    latest: Vec<u32>,
     /// The numbers of a group of equal hashes.
     group: Vec<u32>,
 }
@@ -179,46 +183,108 @@ fn radix_sort_by_word(pairs: &mut Vec<(u64, u32)>, scratch: &mut Vec<(u64, u32)>
     }
 }
 
+/// Orders `words` by their bits from `from_bit` up, keeping the order of words equal there: a
+/// least-significant-digit radix sort, [`DIGIT_BITS`] bits a pass, that skips the passes in
+/// which every word has the same digit. `scratch` is room for a copy.
+fn radix_sort_high_bits(words: &mut Vec<u64>, scratch: &mut Vec<u64>, from_bit: u32) {
+    const BUCKETS: usize = 1 << DIGIT_BITS;
+    const MAX_PASSES: usize = (u64::BITS as usize).div_ceil(DIGIT_BITS as usize);
+    let n = words.len();
+    if from_bit >= u64::BITS {
+        return;
+    }
+    // Too few words for passes over 2048 buckets to pay; or more than the u32 counts hold
+    // (more than a segment's records). Stable, like the passes.
+    if n < 4 * BUCKETS || u32::try_from(n).is_err() {
+        words.sort_by_key(|w| w >> from_bit);
+        return;
+    }
+    let passes = (u64::BITS - from_bit).div_ceil(DIGIT_BITS) as usize;
+    let shift = |d: usize| from_bit + DIGIT_BITS * d as u32;
+    let mut counts = [[0u32; BUCKETS]; MAX_PASSES];
+    for &w in words.iter() {
+        for (d, c) in counts[..passes].iter_mut().enumerate() {
+            c[(w >> shift(d)) as usize & (BUCKETS - 1)] += 1;
+        }
+    }
+    scratch.clear();
+    scratch.resize(n, 0);
+    for (d, c) in counts[..passes].iter().enumerate() {
+        if c.iter().any(|&k| k as usize == n) {
+            continue;
+        }
+        let mut at = [0u32; BUCKETS];
+        let mut sum = 0;
+        for (a, &k) in at.iter_mut().zip(c) {
+            *a = sum;
+            sum += k;
+        }
+        for &w in words.iter() {
+            let b = (w >> shift(d)) as usize & (BUCKETS - 1);
+            scratch[at[b] as usize] = w;
+            at[b] += 1;
+        }
+        std::mem::swap(words, scratch);
+    }
+}
+
+/// Bits a pass of [`radix_sort_high_bits`] sorts by: 2048 buckets, whose counts and places stay
+/// in the first levels of cache.
+const DIGIT_BITS: u32 = 11;
+
 impl KeySort {
-    /// For each distinct key among `key(0..n)`, the highest number with that key and its hash,
-    /// ordered by (hash, key) as a run's entries are (with numbers that follow the log: each
-    /// key's last change, in the order a run holds them). `hash(i)` is the hash of `key(i)`.
+    /// For each distinct key among `key(0..n)`, the highest number with that key, ordered by
+    /// (hash, key) as a run's entries are (with numbers that follow the log: each key's last
+    /// change, in the order a run holds them). `hash(i)` is the hash of `key(i)`.
     ///
-    /// A radix sort of (hash, number) pairs: equal hashes are almost always one key changed
-    /// again, and only those groups compare keys.
+    /// Sorts one 8-byte word a change: the hash's high bits above the number, which fills the
+    /// low `b` bits (`b` the bits `n - 1` needs), so that the words are distinct and a radix
+    /// sort of their high bits orders them by hash, then number, in a few passes over 8 bytes
+    /// each. Changes whose words share their high bits (one key changed again, or, rarely, keys
+    /// whose hashes differ only in the low bits) are then ordered by whole hash and key.
     pub(crate) fn latest_per_key_by_hash<'k>(
         &mut self,
         n: usize,
         hash: impl Fn(usize) -> u64,
         key: impl Fn(usize) -> &'k [u8],
-    ) -> &[(u64, u32)] {
-        self.pairs.clear();
-        self.hashed.clear();
-        // A run holds the changes of fewer than 2^32 records (segments are at most 1 GiB).
-        self.pairs.extend((0..n).map(|i| (hash(i), i as u32)));
-        // Stable, and numbers ascend: equal hashes stay in the log's order.
-        radix_sort_by_word(&mut self.pairs, &mut self.scratch);
-        let (pairs, out, group) = (&self.pairs, &mut self.hashed, &mut self.group);
+    ) -> &[u32] {
+        self.words.clear();
+        self.latest.clear();
+        // A run holds the changes of fewer than 2^32 records (segments are at most 1 GiB), so
+        // numbers fit `b <= 32` bits and `u32`.
+        let b = u64::BITS - (n.saturating_sub(1) as u64).leading_zeros();
+        let number = if b == 0 {
+            0
+        } else {
+            u64::MAX >> (u64::BITS - b)
+        };
+        self.words
+            .extend((0..n).map(|i| (hash(i) & !number) | i as u64));
+        radix_sort_high_bits(&mut self.words, &mut self.word_scratch, b);
+        let (words, out, group) = (&self.words, &mut self.latest, &mut self.group);
         let mut start = 0;
         while start < n {
-            let h = pairs[start].0;
+            let high = words[start] & !number;
             let mut end = start + 1;
-            while end < n && pairs[end].0 == h {
+            while end < n && words[end] & !number == high {
                 end += 1;
             }
             if end - start == 1 {
-                out.push(pairs[start]);
+                out.push((words[start] & number) as u32);
             } else {
                 group.clear();
-                group.extend(pairs[start..end].iter().map(|p| p.1));
+                group.extend(words[start..end].iter().map(|&w| (w & number) as u32));
                 // Stable: equal keys keep their order by number, the last change last.
-                group.sort_by(|&a, &b| cmp_keys(key(a as usize), key(b as usize)));
+                group.sort_by(|&a, &b| {
+                    let (a, b) = (a as usize, b as usize);
+                    hash(a).cmp(&hash(b)).then_with(|| cmp_keys(key(a), key(b)))
+                });
                 for (j, &g) in group.iter().enumerate() {
                     let later_same_key = group
                         .get(j + 1)
                         .is_some_and(|&m| key(m as usize) == key(g as usize));
                     if !later_same_key {
-                        out.push((h, g));
+                        out.push(g);
                     }
                 }
             }
@@ -1618,6 +1684,26 @@ mod tests {
             radix_sort_by_word(&mut pairs, &mut Vec::new());
             prop_assert_eq!(pairs, want);
         }
+
+        #[test]
+        fn radix_sort_high_bits_orders_by_those_bits_keeping_ties_in_order(
+            // Few distinct digits at random positions: ties, and passes skipped or not; enough
+            // words for the passes, and a few too few.
+            words in proptest::collection::vec(
+                proptest::collection::vec((0u32..64, 0u64..4), 0..3), 0..12_000),
+            from_bit in 0u32..70,
+        ) {
+            let mut got: Vec<u64> = words
+                .iter()
+                .map(|bits| bits.iter().fold(0u64, |w, &(at, b)| w | b.rotate_left(at)))
+                .collect();
+            let mut want = got.clone();
+            if from_bit < 64 {
+                want.sort_by_key(|w| w >> from_bit);
+            }
+            radix_sort_high_bits(&mut got, &mut Vec::new(), from_bit);
+            prop_assert_eq!(got, want);
+        }
     }
 
     /// `key_hash` as first written (byte-wise tail copy), with seed 0: the order of every run
@@ -1784,7 +1870,42 @@ mod tests {
             for (i, k) in keys.iter().enumerate() {
                 last.insert((hash(k), k.clone()), i as u32);
             }
-            let want: Vec<(u64, u32)> = last.into_iter().map(|((h, _), i)| (h, i)).collect();
+            let want: Vec<u32> = last.into_values().collect();
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn latest_per_key_by_hash_orders_a_segments_worth_of_changes(
+            seed in any::<u64>(),
+            n in 8192usize..12_000,
+            hashes in 0..3,
+        ) {
+            // Enough changes for the radix passes; keys drawn from a small set, so that many
+            // change again. Hashes: whole, only low bits (distinct keys sharing their high
+            // bits), or a few values (long groups of distinct keys).
+            let mut x = seed | 1;
+            let keys: Vec<Vec<u8>> = (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    format!("k{}", x % 6000).into_bytes()
+                })
+                .collect();
+            let hash = |k: &[u8]| match hashes {
+                0 => key_hash(3, k),
+                1 => key_hash(3, k) & 0x3FFF,
+                _ => (key_hash(3, k) % 5) << 40,
+            };
+            let mut sort = KeySort::default();
+            let got = sort
+                .latest_per_key_by_hash(n, |i| hash(&keys[i]), |i| keys[i].as_slice())
+                .to_vec();
+            let mut last = std::collections::BTreeMap::new();
+            for (i, k) in keys.iter().enumerate() {
+                last.insert((hash(k), k.clone()), i as u32);
+            }
+            let want: Vec<u32> = last.into_values().collect();
             prop_assert_eq!(got, want);
         }
     }
