@@ -615,7 +615,8 @@ impl Index {
                 }
             }
         }
-        // Segments replay independently: one worker a core, each taking the next segment.
+        // Segments replay independently: one worker a core, each taking the next segment, and
+        // a read-ahead asking for the segments in that order (`replay_all`).
         let jobs: Vec<(u64, u64, u32)> = parts
             .iter()
             .filter_map(|p| match *p {
@@ -623,7 +624,7 @@ impl Index {
                 Part::File(_) => None,
             })
             .collect();
-        let mut replayed = replay_all(wal, &jobs, seed, tail_start).into_iter();
+        let mut replayed = replay_all(wal, &jobs, seed, tail_start, &sealed).into_iter();
         let mut oldest_first: Vec<Layer> = Vec::with_capacity(parts.len());
         for p in parts {
             let run = match p {
@@ -966,15 +967,15 @@ struct ReplayBuffers {
 
 /// Replays `from..=to` into a run held in memory, with `chain_crc` as the chain value at its
 /// end (0 when the range does not end a sealed segment), reading from `start` (the record
-/// before `from`) when given, else from the start of `from`'s segment. Returns the run (none
-/// for an empty range) and how many records it read.
+/// before `from`) when given, else from the start of `from`'s segment; with `read_ahead`, the
+/// reader leaves asking the OS for the segment to [`read_ahead`]. Returns the run (none for an
+/// empty range) and how many records it read.
 fn replay(
     wal: &Wal,
-    from: u64,
-    to: u64,
-    chain_crc: u32,
+    (from, to, chain_crc): (u64, u64, u32),
     seed: u64,
     start: TailStart,
+    read_ahead: bool,
     bufs: &mut ReplayBuffers,
 ) -> Replayed {
     let ReplayBuffers {
@@ -994,6 +995,9 @@ fn replay(
         }),
         _ => wal.reader(from),
     };
+    if read_ahead {
+        reader = reader.without_prefetch();
+    }
     let mut malformed = None;
     let mut segment = None;
     while let Some(r) = reader.next_with(|r| {
@@ -1804,7 +1808,7 @@ pub(crate) fn repair_damaged(wal: &Wal, state: &RwLock<Index>) -> Result<usize> 
         }
         let mut newest_first = Vec::with_capacity(jobs.len());
         let seed = state.read().seed;
-        for replayed in replay_all(wal, &jobs, seed, None) {
+        for replayed in replay_all(wal, &jobs, seed, None, &sealed) {
             if let (Some(r), _) = replayed? {
                 newest_first.push(Layer::Run(Arc::new(r)));
             }
@@ -1848,24 +1852,67 @@ pub(crate) fn repair_damaged(wal: &Wal, state: &RwLock<Index>) -> Result<usize> 
 type TailStart = Option<(Location, u64, u32)>;
 
 /// Replays `jobs` (first LSN, last LSN or `u64::MAX` for the rest of the log, chain value at
-/// the end or 0), the one to the end of the log from `tail` when given.
-fn replay_all(wal: &Wal, jobs: &[(u64, u64, u32)], seed: u64, tail: TailStart) -> Vec<Replayed> {
+/// the end or 0), the one to the end of the log from `tail` when given. `sealed` are the log's
+/// sealed segments: a job covers one of them, or the active segment.
+fn replay_all(
+    wal: &Wal,
+    jobs: &[(u64, u64, u32)],
+    seed: u64,
+    tail: TailStart,
+    sealed: &[seglog_wal::SealedSegment],
+) -> Vec<Replayed> {
     let results: Vec<Mutex<Option<Replayed>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(jobs.len());
-    let next_job = std::sync::atomic::AtomicUsize::new(0);
+    // Where each job reads: its segment, and the offset it starts at.
+    let reads: Vec<Option<(u64, u64)>> = jobs
+        .iter()
+        .map(|&(from, to, _)| match tail.filter(|_| to == u64::MAX) {
+            Some((at, _, _)) => Some((at.segment, at.offset)),
+            None => sealed
+                .iter()
+                .find(|s| s.first_lsn <= from && from <= s.last_lsn)
+                .map(|s| s.first_lsn)
+                .or_else(|| wal.active_segment())
+                .map(|seg| (seg, 0)),
+        })
+        .collect();
+    let taken = Taken {
+        state: Mutex::new((0, workers)),
+        changed: parking_lot::Condvar::new(),
+    };
+    let ahead = wal.files_are_real();
     std::thread::scope(|s| {
+        if ahead {
+            s.spawn(|| {
+                read_ahead(&taken, workers, jobs.len(), |j| {
+                    if let Some((segment, offset)) = reads[j] {
+                        // Only a hint: the worker reads the segment anyway, and reports what
+                        // fails.
+                        if let Err(e) = wal.prefetch_segment(segment, offset, READ_AHEAD_PIECE) {
+                            tracing::debug!(error = %e, segment, "replay read-ahead failed");
+                        }
+                    }
+                })
+            });
+        }
         for _ in 0..workers {
             s.spawn(|| {
+                let _done = WorkerDone(&taken);
                 let mut bufs = ReplayBuffers::default();
                 loop {
-                    let j = next_job.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(&(from, to, chain)) = jobs.get(j) else {
+                    let j = {
+                        let mut t = taken.state.lock();
+                        t.0 += 1;
+                        t.0 - 1
+                    };
+                    taken.changed.notify_all();
+                    let Some(&job) = jobs.get(j) else {
                         break;
                     };
-                    let start = tail.filter(|_| to == u64::MAX);
-                    *results[j].lock() = Some(replay(wal, from, to, chain, seed, start, &mut bufs));
+                    let start = tail.filter(|_| job.1 == u64::MAX);
+                    *results[j].lock() = Some(replay(wal, job, seed, start, ahead, &mut bufs));
                 }
             });
         }
@@ -1882,6 +1929,46 @@ fn replay_all(wal: &Wal, jobs: &[(u64, u64, u32)], seed: u64, tail: TailStart) -
             })
         })
         .collect()
+}
+
+/// The replay workers' progress, for [`read_ahead`]: (jobs taken, workers still working).
+struct Taken {
+    state: Mutex<(usize, usize)>,
+    changed: parking_lot::Condvar,
+}
+
+/// Counts a replay worker out when it ends, however it ends.
+struct WorkerDone<'a>(&'a Taken);
+
+impl Drop for WorkerDone<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().1 -= 1;
+        self.0.changed.notify_all();
+    }
+}
+
+/// How much of a segment one read-ahead request asks for.
+const READ_AHEAD_PIECE: u64 = 4 << 20;
+
+/// Asks for the replay jobs' segments (`ask(j)` for job `j`) in the order the workers take the
+/// jobs, each whole, once it is at most `workers` jobs past the last one taken (so at most
+/// that many segments are read ahead of those in replay); returns once every job is asked for
+/// or every worker has ended. The disk then reads one stream, without a pause, while the
+/// workers parse and sort. When each worker asked only a few MiB past where it read, the disk
+/// waited whenever both sorted, and the two streams slowed each other.
+fn read_ahead(taken: &Taken, workers: usize, jobs: usize, mut ask: impl FnMut(usize)) {
+    for j in 0..jobs {
+        {
+            let mut t = taken.state.lock();
+            while j >= t.0 + workers && t.1 > 0 {
+                taken.changed.wait(&mut t);
+            }
+            if t.1 == 0 {
+                return;
+            }
+        }
+        ask(j);
+    }
 }
 
 /// Removes files of the index directory that no layer uses: runs replaced by a merge before a
@@ -2029,6 +2116,51 @@ mod tests {
             |_, _, _, _| true,
         );
         assert!(!sorted);
+    }
+
+    #[test]
+    fn read_ahead_asks_for_each_job_in_order_as_far_as_its_window_and_ends_with_the_workers() {
+        for window in 1..=3 {
+            for jobs in [0, 1, 2, 7] {
+                // One worker, taking the jobs one by one.
+                let taken = Taken {
+                    state: Mutex::new((0, 1)),
+                    changed: parking_lot::Condvar::new(),
+                };
+                let asked = (Mutex::new(Vec::<usize>::new()), parking_lot::Condvar::new());
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        read_ahead(&taken, window, jobs, |j| {
+                            // Recorded, not asserted here: a panic in this thread would leave
+                            // the worker waiting.
+                            let t = taken.state.lock().0;
+                            asked
+                                .0
+                                .lock()
+                                .push(if j < t + window { j } else { usize::MAX });
+                            asked.1.notify_all();
+                        })
+                    });
+                    s.spawn(|| {
+                        let _done = WorkerDone(&taken);
+                        for t in 1..=jobs {
+                            taken.state.lock().0 = t;
+                            taken.changed.notify_all();
+                            // The read-ahead goes on to the end of its window, in order.
+                            let want = jobs.min(t + window);
+                            let mut a = asked.0.lock();
+                            while a.len() < want {
+                                asked.1.wait(&mut a);
+                            }
+                            // Exactly: none past the window (nor any asked for early).
+                            assert_eq!(*a, (0..want).collect::<Vec<_>>(), "window {window}");
+                        }
+                    });
+                });
+                // The scope joined the read-ahead: it ended once the worker had.
+                assert_eq!(*asked.0.lock(), (0..jobs).collect::<Vec<_>>());
+            }
+        }
     }
 
     fn frozen(spare: &Spare) -> Frozen {

@@ -2,7 +2,9 @@
 //!
 //! A [`SegmentCursor`] walks one segment frame by frame, checking every frame's checksum, its LSN
 //! (consecutive) and its chain link (`prev_crc` equals the previous frame's crc). Reads are
-//! sequential and buffered in [`READ_CHUNK`]-byte chunks.
+//! sequential and buffered in [`READ_CHUNK`]-byte chunks; each refill asks the OS for the next
+//! [`PREFETCH_BYTES`], unless the caller asks for the whole segment itself
+//! ([`WalReader::without_prefetch`], [`crate::Wal::prefetch_segment`]).
 //!
 //! [`WalReader`] walks segments in LSN order and never returns a record above its *limit*: the
 //! durable (or, under `Never`, written) watermark of a live log, or the last LSN of the last
@@ -66,6 +68,9 @@ pub(crate) struct SegmentCursor {
     pub durable: Option<DurablePoint>,
     /// The header holds bytes where its durable point goes that are not one.
     pub durable_damaged: bool,
+    /// Asks the OS for the chunks after the one it reads ([`PREFETCH_BYTES`]); off when the
+    /// caller asks for the segment itself (see [`WalReader::without_prefetch`]).
+    pub prefetch: bool,
 }
 
 impl SegmentCursor {
@@ -106,6 +111,7 @@ impl SegmentCursor {
             known_len,
             durable,
             durable_damaged,
+            prefetch: true,
         })
     }
 
@@ -153,8 +159,10 @@ impl SegmentCursor {
         self.pos = 0;
         let want = need.max(READ_CHUNK);
         // Ask for the chunks after this one now, so the disk reads them while we parse.
-        let ahead = self.buf_off + (self.end + want) as u64;
-        self.file.prefetch(ahead, PREFETCH_BYTES);
+        if self.prefetch {
+            let ahead = self.buf_off + (self.end + want) as u64;
+            self.file.prefetch(ahead, PREFETCH_BYTES);
+        }
         while self.end < need {
             let start = self.end;
             let upto = start.max(want);
@@ -519,6 +527,7 @@ pub struct WalReader {
     from_lsn: u64,
     cursor: Option<SegmentCursor>,
     failed: bool,
+    prefetch: bool,
 }
 
 impl WalReader {
@@ -528,12 +537,25 @@ impl WalReader {
             from_lsn: from_lsn.max(1),
             cursor: None,
             failed: false,
+            prefetch: true,
         }
+    }
+
+    /// A reader that does not ask the OS to read ahead of it: for a caller that asks for the
+    /// segments itself ([`crate::Wal::prefetch_segment`]), so that the disk reads one stream
+    /// and not also the few MiB each reader would ask for. The OS's own read-ahead still runs.
+    pub fn without_prefetch(mut self) -> Self {
+        self.prefetch = false;
+        if let Some(c) = self.cursor.as_mut() {
+            c.prefetch = false;
+        }
+        self
     }
 
     /// Starts at `cursor`, already positioned in the segment holding `from_lsn` (see
     /// `Wal::reader_after`).
-    pub(crate) fn start_at(&mut self, cursor: SegmentCursor) {
+    pub(crate) fn start_at(&mut self, mut cursor: SegmentCursor) {
+        cursor.prefetch = self.prefetch;
         self.cursor = Some(cursor);
     }
 
@@ -554,7 +576,9 @@ impl WalReader {
             None => return Ok(None),
         };
         let (first, path) = &segs[idx];
-        SegmentCursor::open(self.source.io(), path, *first).map(Some)
+        let mut c = SegmentCursor::open(self.source.io(), path, *first)?;
+        c.prefetch = self.prefetch;
+        Ok(Some(c))
     }
 
     /// After a footer: opens the next segment, checking that it joins.
@@ -575,7 +599,8 @@ impl WalReader {
                 next_first_lsn: *first,
             });
         }
-        let c = SegmentCursor::open(self.source.io(), path, *first)?;
+        let mut c = SegmentCursor::open(self.source.io(), path, *first)?;
+        c.prefetch = self.prefetch;
         if c.header.prev_crc != after.prev_crc {
             return Err(Error::corrupt(
                 path,

@@ -784,6 +784,42 @@ impl Wal {
         self.shared.io.files_are_real()
     }
 
+    /// Asks the OS to read segment `first_lsn` into the page cache ([`IoFile::prefetch`]) from
+    /// `offset` to the end of its records (the file's end when it is sealed, the end of the
+    /// frames appended when it is the active segment), `piece` bytes a request: for a reader
+    /// about to read it through, so that the disk reads ahead of it as fast as it can. A
+    /// backend without a page cache ignores it.
+    pub fn prefetch_segment(&self, first_lsn: u64, offset: u64, piece: u64) -> Result<()> {
+        let path = self.shared.segment_path(Location {
+            segment: first_lsn,
+            offset,
+        })?;
+        let file = self
+            .shared
+            .io
+            .open_read(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        let active_end = self
+            .shared
+            .state
+            .lock()
+            .active
+            .as_ref()
+            .filter(|a| a.first_lsn == first_lsn)
+            .map(|a| a.end);
+        let end = match active_end {
+            Some(end) => end,
+            None => file.file_len().map_err(|e| Error::io("stat", &path, e))?,
+        };
+        let piece = piece.max(1);
+        let mut at = offset;
+        while at < end {
+            file.prefetch(at, piece.min(end - at));
+            at = at.saturating_add(piece);
+        }
+        Ok(())
+    }
+
     /// The path of segment `first_lsn` when it is sealed (never written again), else `None`
     /// (the active segment, or no such segment).
     pub fn sealed_segment_path(&self, first_lsn: u64) -> Option<PathBuf> {

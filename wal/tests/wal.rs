@@ -561,3 +561,40 @@ fn exclusive_appends_and_its_attachment_change_together() {
         wal.close().unwrap();
     }
 }
+
+#[test]
+fn segments_can_be_asked_for_ahead_of_a_reader_that_does_not_ask_itself() {
+    for env in backends() {
+        let dir = env.dir.join("prefetch");
+        let wal =
+            Wal::open_with_io(env.io.clone(), &dir, config(FsyncPolicy::Never, 8192)).unwrap();
+        let mut expect = Vec::new();
+        for i in 1..=200u64 {
+            let v = value(i, (i % 150) as usize);
+            assert_eq!(wal.append(entry(&v)).unwrap(), i);
+            expect.push((i, v));
+        }
+        wal.flush().unwrap();
+        let sealed = wal.sealed_segments().unwrap();
+        assert!(sealed.len() >= 2, "[{}] {} sealed", env.name, sealed.len());
+        let active = wal.active_segment().unwrap();
+        for s in &sealed {
+            wal.prefetch_segment(s.first_lsn, 0, 4096).unwrap();
+        }
+        wal.prefetch_segment(active, 0, 4096).unwrap();
+        // From an offset past the end, and in pieces of any size: nothing to ask for, no error.
+        wal.prefetch_segment(active, u64::MAX - 1, 0).unwrap();
+        // No such segment: an error naming it, not a panic.
+        match wal.prefetch_segment(active + 1, 0, 4096) {
+            Err(Error::Corruption { .. }) => {}
+            other => panic!("[{}] {other:?}", env.name),
+        }
+        let got: Vec<(u64, Vec<u8>)> = wal
+            .reader(1)
+            .without_prefetch()
+            .map(|r| r.map(|r| (r.lsn, r.value)).unwrap())
+            .collect();
+        assert_eq!(got, expect, "[{}]", env.name);
+        wal.close().unwrap();
+    }
+}
