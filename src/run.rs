@@ -922,6 +922,13 @@ impl Backing {
             Backing::Heap(v) => v,
         }
     }
+
+    /// Asks for `range` of a mapped file to be read now (see [`Mapped::will_need`]).
+    fn will_need(&self, range: std::ops::Range<usize>) {
+        if let Backing::Map(m) = self {
+            m.will_need(range);
+        }
+    }
 }
 
 /// A sorted run (see the module docs).
@@ -957,6 +964,10 @@ impl Run {
     /// this process just built) count as checked; otherwise the header's block and the
     /// checksum table are checked now and every other block when first read.
     pub(crate) fn parse(backing: Backing, path: Option<PathBuf>, trusted: bool) -> Option<Run> {
+        // An open reads the header and the checksum table at the end, a few KiB of a file of
+        // many MiB: asked for exactly, they are read alone (a fault would read 8 MiB around
+        // each, most of a cold open after a crash).
+        backing.will_need(0..HEADER_LEN);
         let b = backing.bytes();
         if b.len() < HEADER_LEN + 8 || b[..8] != MAGIC || b[8..10] != VERSION.to_le_bytes() {
             return None;
@@ -969,6 +980,7 @@ impl Run {
         if sums_at.checked_add(sums.checked_mul(4)?)?.checked_add(4)? != b.len() {
             return None;
         }
+        backing.will_need(sums_at..b.len());
         let table = &b[sums_at..b.len() - 4];
         if crc32c::crc32c(table).to_le_bytes()[..] != b[b.len() - 4..] {
             return None;
