@@ -106,6 +106,24 @@ fn reopen_reads_runs_instead_of_replaying_sealed_segments() {
     assert_eq!(e.scan(b"", usize::MAX).unwrap().len(), live);
 }
 
+#[test]
+fn without_any_run_every_segment_is_replayed_to_the_same_index() {
+    // Many more segments than replay workers and the read-ahead's window: workers take them
+    // one after another, and the read-ahead waits for them.
+    let tmp = tempfile::tempdir().unwrap();
+    let before = fill(tmp.path());
+    let sealed = sealed_segments(tmp.path());
+    assert!(sealed >= 8, "{sealed} sealed segments");
+    std::fs::remove_dir_all(tmp.path().join("index")).unwrap();
+    let e = Engine::open(tmp.path(), config()).unwrap();
+    let r = e.open_report().clone();
+    assert_eq!((r.run_files, r.segments_replayed), (0, sealed), "{r:?}");
+    // Every record of the log, the active segment's included.
+    assert_eq!(r.records_replayed, e.wal().last_lsn(), "{r:?}");
+    assert_eq!(snapshot(&e), before);
+    assert_eq!(e.epoch(), 4);
+}
+
 /// One way to damage the run files of a closed directory; returns the file it damaged.
 type Damage = fn(&[PathBuf]) -> PathBuf;
 
