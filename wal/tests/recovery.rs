@@ -557,3 +557,51 @@ fn leftover_temporary_files_are_removed() {
     assert!(!io.exists(&Path::new(DIR).join("CLOSED.tmp")));
     assert_eq!(lsns(&wal), vec![1, 2, 3]);
 }
+
+/// Damage to any one frame of a segment is reported at that frame, with every record before
+/// it returned, wherever the frame falls among those whose checksums a reader checks together
+/// (in groups of four, batches of 64: see `SegmentCursor::check_ahead`).
+#[test]
+fn damage_to_any_one_frame_is_reported_at_that_frame() {
+    let n = 150u64;
+    let sim = SimIo::new(1);
+    let io: Arc<dyn Io> = Arc::new(sim.clone());
+    let big = WalConfig {
+        segment_size_bytes: 64 << 10,
+        ..cfg(RecoveryMode::Strict)
+    };
+    let wal = Wal::open_with_io(io.clone(), DIR, big.clone()).unwrap();
+    for i in 1..=n {
+        wal.append(Entry::new(b"k", &value(i))).unwrap();
+    }
+    wal.close().unwrap();
+    let seg = segments(&io)[0].clone();
+    let clean = sim.file_bytes(&seg).unwrap();
+    let marker = Path::new(DIR).join("CLOSED");
+    let closed = sim.file_bytes(&marker).unwrap();
+    for k in 0..n {
+        let at = HEADER_LEN as u64 + k * frame();
+        // Closed cleanly each time (an open removes the marker), so the open takes the log's
+        // end from the marker and the reader is what reads every frame.
+        sim.put_file_bytes(&seg, clean.clone());
+        sim.write_file(&marker, closed.clone());
+        // A byte of the value: only the checksum can tell.
+        edit(&sim, &seg, |b| b[(at + 40) as usize] ^= 0x01);
+        let wal = Wal::open_with_io(io.clone(), DIR, big.clone()).unwrap();
+        assert_eq!(wal.last_lsn(), n, "frame {k}");
+        let read: Vec<_> = wal.reader(1).collect();
+        let good: Vec<u64> = read
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|r| r.lsn)
+            .collect();
+        assert_eq!(good, (1..=k).collect::<Vec<_>>(), "frame {k}");
+        match read.last() {
+            Some(Err(Error::Corruption {
+                segment, offset, ..
+            })) => assert_eq!((segment, *offset), (&seg, at), "frame {k}"),
+            other => panic!("frame {k}: expected corruption, got {other:?}"),
+        }
+        drop(wal);
+    }
+}
