@@ -1065,21 +1065,38 @@ fn replay(
         .iter()
         .map(|&n| items[n as usize].key_len as usize)
         .sum();
-    let mut b = RunBuilder::with_capacity(latest.len(), key_bytes);
-    // `latest` visits the changes in hash order, so at random: ask for the change and the key
-    // a few places ahead while this one is copied, hiding the cache misses behind each other.
+    // The segment's keys go to the run's heap whole, in one copy, when at most half of their
+    // bytes are superseded ones (the bound a merge keeps a heap to, see `run::merge_runs`):
+    // the entries then point into it, and the build below reads no key. Else each live key
+    // is copied on its own.
+    let whole = key_bytes * 2 >= keys.len();
+    let mut b = RunBuilder::with_capacity(latest.len(), if whole { keys.len() } else { key_bytes });
+    let placed = whole.then(|| b.add_heap(keys));
+    // `latest` visits the changes in hash order, so at random: ask for the change (and the
+    // key, when copied) a few places ahead while this one is written, hiding the cache misses
+    // behind each other.
     const AHEAD: usize = 8;
     for (i, &n) in latest.iter().enumerate() {
         if let Some(&m) = latest.get(i + 2 * AHEAD) {
             crate::mapped::prefetch(&items[m as usize]);
         }
-        if let Some(&m) = latest.get(i + AHEAD) {
-            if let Some(k) = keys.get(items[m as usize].key_at as usize) {
-                crate::mapped::prefetch(k);
+        let item = &items[n as usize];
+        match placed {
+            Some(heap) => b.push_placed(
+                item.hash,
+                heap + item.key_at as usize,
+                item.key_len as usize,
+                item.val(segment),
+            ),
+            None => {
+                if let Some(&m) = latest.get(i + AHEAD) {
+                    if let Some(k) = keys.get(items[m as usize].key_at as usize) {
+                        crate::mapped::prefetch(k);
+                    }
+                }
+                b.push(item.hash, item.key(keys), item.val(segment));
             }
         }
-        let item = &items[n as usize];
-        b.push(item.hash, item.key(keys), item.val(segment));
     }
     let meta = RunMeta {
         first_lsn: from,
