@@ -232,6 +232,9 @@ fn radix_sort_high_bits(words: &mut Vec<u64>, scratch: &mut Vec<u64>, from_bit: 
 /// in the first levels of cache.
 const DIGIT_BITS: u32 = 11;
 
+/// Passes [`KeySort::latest_per_key_by_hash`] sorts its words' high bits in, at most.
+const SORTED_PASSES: u32 = 3;
+
 impl KeySort {
     /// For each distinct key among `key(0..n)`, the highest number with that key, ordered by
     /// (hash, key) as a run's entries are (with numbers that follow the log: each key's last
@@ -240,8 +243,11 @@ impl KeySort {
     /// Sorts one 8-byte word a change: the hash's high bits above the number, which fills the
     /// low `b` bits (`b` the bits `n - 1` needs), so that the words are distinct and a radix
     /// sort of their high bits orders them by hash, then number, in a few passes over 8 bytes
-    /// each. Changes whose words share their high bits (one key changed again, or, rarely, keys
-    /// whose hashes differ only in the low bits) are then ordered by whole hash and key.
+    /// each: [`SORTED_PASSES`] at most, the top 33 bits, enough to set apart all but a few
+    /// pairs of a segment's distinct keys (262k keys share their top 33 bits in about 4 pairs
+    /// on average; all 46 bits above the number took 5 passes, not 3). Changes whose words
+    /// share the sorted bits (one key changed again, or, rarely, keys whose hashes differ only
+    /// below them) are then ordered by whole hash and key.
     pub(crate) fn latest_per_key_by_hash<'k>(
         &mut self,
         n: usize,
@@ -260,13 +266,16 @@ impl KeySort {
         };
         self.words
             .extend((0..n).map(|i| (hash(i) & !number) | i as u64));
-        radix_sort_high_bits(&mut self.words, &mut self.word_scratch, b);
+        let from_bit = b.max(u64::BITS - SORTED_PASSES * DIGIT_BITS);
+        radix_sort_high_bits(&mut self.words, &mut self.word_scratch, from_bit);
+        // The bits sorted by: words equal there keep the order of their numbers.
+        let sorted = u64::MAX.checked_shl(from_bit).unwrap_or(0);
         let (words, out, group) = (&self.words, &mut self.latest, &mut self.group);
         let mut start = 0;
         while start < n {
-            let high = words[start] & !number;
+            let high = words[start] & sorted;
             let mut end = start + 1;
-            while end < n && words[end] & !number == high {
+            while end < n && words[end] & sorted == high {
                 end += 1;
             }
             if end - start == 1 {
@@ -1890,11 +1899,12 @@ mod tests {
         fn latest_per_key_by_hash_orders_a_segments_worth_of_changes(
             seed in any::<u64>(),
             n in 8192usize..12_000,
-            hashes in 0..3,
+            hashes in 0..4,
         ) {
             // Enough changes for the radix passes; keys drawn from a small set, so that many
             // change again. Hashes: whole, only low bits (distinct keys sharing their high
-            // bits), or a few values (long groups of distinct keys).
+            // bits), a few values (long groups of distinct keys), or differing only between
+            // the numbers' bits and the radix passes' (sorted as one group).
             let mut x = seed | 1;
             let keys: Vec<Vec<u8>> = (0..n)
                 .map(|_| {
@@ -1907,7 +1917,8 @@ mod tests {
             let hash = |k: &[u8]| match hashes {
                 0 => key_hash(3, k),
                 1 => key_hash(3, k) & 0x3FFF,
-                _ => (key_hash(3, k) % 5) << 40,
+                2 => (key_hash(3, k) % 5) << 40,
+                _ => (key_hash(3, k) & 0x1_FFFF) << 14,
             };
             let mut sort = KeySort::default();
             let got = sort
