@@ -573,6 +573,7 @@ pub fn decode_frame(buf: &[u8], max_frame: usize) -> Frame {
 /// [`decode_frame`], without computing the record's checksum again when `crc_checked` says
 /// [`frames_check_out`] found this very frame's bytes to match it (every other check is
 /// made).
+#[inline]
 pub(crate) fn decode_frame_checked(buf: &[u8], max_frame: usize, crc_checked: bool) -> Frame {
     if buf.len() < 4 {
         return Frame::Incomplete { need: 4 };

@@ -236,6 +236,7 @@ impl SegmentCursor {
     }
 
     /// Reads the next frame.
+    #[inline]
     pub fn step(&mut self) -> Result<Step> {
         let offset = self.offset();
         let mut need = 4;
@@ -666,6 +667,7 @@ impl WalReader {
     }
 
     /// Steps to the next record; its frame is then `self.cursor`'s `frame_bytes()`.
+    #[inline]
     fn advance(&mut self) -> Result<Option<(FrameView, Location)>> {
         // Bytes buffered by an earlier call may predate writes the watermark now covers: the
         // first end or bad frame below the watermark is read again from disk before it counts.
