@@ -11,9 +11,10 @@
 //!   after writing them at full speed (checkpoints of the sealed segments only: the active
 //!   segment is replayed); after a crash 4 MiB of records past a checkpoint of the active
 //!   segment (`Engine::checkpoint_tail`, what the checkpointer writes when writes slow down);
-//!   and full replay (no checkpoints) of the same logs, against a raw sequential read of the
-//!   same segment files; cold (page cache dropped, when the process may) and warm. Every open
-//!   after a crash is the first (the durable point the previous one recorded is undone);
+//!   and full replay (no checkpoints) of the same logs, each against a raw sequential read of
+//!   the same segment files timed right before it (see [`time_open`]); cold (page cache
+//!   dropped, when the process may) and warm. Every open after a crash is the first (the
+//!   durable point the previous one recorded is undone);
 //! - get latency p50/p99 for keys in sealed segments (memory-mapped) and in the active segment
 //!   (pread), warm, and cold (the first gets after dropping the page cache);
 //! - heap memory the open index costs per million keys, measured in a fresh process;
@@ -235,15 +236,35 @@ enum Leave {
     Closed,
 }
 
+/// One [`time_open`]: seconds of the open cold (when the page cache can be dropped) and warm,
+/// its report, and the paired raw reads' seconds (see [`time_open`]).
+struct TimedOpen {
+    cold: Option<f64>,
+    warm: f64,
+    report: seglog::OpenReport,
+    raw_cold: Option<f64>,
+    raw_warm: Option<f64>,
+}
+
 /// Seconds to open the engine in `dir`, cold first when possible, then warm. Each engine is
 /// left as `leave` says (the close is not timed); `reset` then undoes what its background
-/// work wrote.
+/// work wrote. With `raw`, a raw read of those files is timed right before each open, cold
+/// before the cold one and warm before the warm one: the disk's speed here drifts by a third
+/// within minutes, and a full replay compared with raw reads taken minutes apart measured
+/// the drift as much as the replay (0.70x in one run in which, read by read, it was 0.94x).
 fn time_open(
     dir: &Path,
     cfg: &Config,
     leave: Leave,
     reset: &dyn Fn() -> Result<(), Failure>,
-) -> Result<(Option<f64>, f64, seglog::OpenReport), Failure> {
+    raw: Option<&[PathBuf]>,
+) -> Result<TimedOpen, Failure> {
+    let time_raw = || -> Result<Option<f64>, Failure> {
+        let Some(files) = raw else { return Ok(None) };
+        let t = Instant::now();
+        raw_read(files)?;
+        Ok(Some(t.elapsed().as_secs_f64()))
+    };
     let finish = |e: Engine| -> Result<(), Failure> {
         match leave {
             Leave::Dropped => drop(e),
@@ -251,7 +272,12 @@ fn time_open(
         }
         reset()
     };
+    let mut raw_cold = None;
     let cold = if drop_caches() {
+        if raw.is_some() {
+            raw_cold = time_raw()?;
+            drop_caches();
+        }
         let t = Instant::now();
         let e = Engine::open(dir, cfg.clone()).map_err(|e| fail("open", e))?;
         let s = t.elapsed().as_secs_f64();
@@ -262,33 +288,65 @@ fn time_open(
     } else {
         None
     };
+    let raw_warm = time_raw()?;
     let t = Instant::now();
     let e = Engine::open(dir, cfg.clone()).map_err(|e| fail("open", e))?;
     let warm = t.elapsed().as_secs_f64();
     let report = e.open_report().clone();
     finish(e)?;
-    Ok((cold, warm, report))
+    Ok(TimedOpen {
+        cold,
+        warm,
+        report,
+        raw_cold,
+        raw_warm,
+    })
 }
 
-/// Cold seconds (when measurable), warm seconds, and the last open's report.
-type Opens = (Vec<f64>, Vec<f64>, Option<seglog::OpenReport>);
+/// What [`time_opens`] measured: seconds of each open cold (when measurable) and warm, the
+/// last open's report, and the paired raw reads' seconds (empty without `raw`).
+#[derive(Default)]
+struct Opens {
+    cold: Vec<f64>,
+    warm: Vec<f64>,
+    report: Option<seglog::OpenReport>,
+    raw_cold: Vec<f64>,
+    raw_warm: Vec<f64>,
+}
 
-/// [`time_open`] `runs` times: cold seconds (when measurable), warm seconds, the last report.
+impl Opens {
+    /// Raw read seconds over open seconds, run by run, cold and warm: how fast the opens read
+    /// the log against the raw read timed right before each.
+    fn paired_ratios(&self) -> (Vec<f64>, Vec<f64>) {
+        let ratios = |raw: &[f64], open: &[f64]| -> Vec<f64> {
+            raw.iter().zip(open).map(|(r, o)| r / o).collect()
+        };
+        (
+            ratios(&self.raw_cold, &self.cold),
+            ratios(&self.raw_warm, &self.warm),
+        )
+    }
+}
+
+/// [`time_open`] `runs` times.
 fn time_opens(
     runs: usize,
     dir: &Path,
     cfg: &Config,
     leave: Leave,
     reset: &dyn Fn() -> Result<(), Failure>,
+    raw: Option<&[PathBuf]>,
 ) -> Result<Opens, Failure> {
-    let (mut cold, mut warm, mut report) = (vec![], vec![], None);
+    let mut o = Opens::default();
     for _ in 0..runs {
-        let (c, w, r) = time_open(dir, cfg, leave, reset)?;
-        cold.extend(c);
-        warm.push(w);
-        report = Some(r);
+        let t = time_open(dir, cfg, leave, reset, raw)?;
+        o.cold.extend(t.cold);
+        o.warm.push(t.warm);
+        o.report = Some(t.report);
+        o.raw_cold.extend(t.raw_cold);
+        o.raw_warm.extend(t.raw_warm);
     }
-    Ok((cold, warm, report))
+    Ok(o)
 }
 
 fn rss_kib(field: &str) -> u64 {
@@ -462,7 +520,6 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
         ),
     )?;
 
-    let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> = Vec::new();
     let mut raw_cold = vec![];
     let mut raw_warm = vec![];
     for _ in 0..runs {
@@ -478,18 +535,21 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
     // Each open after the crash records a durable point at the recovered end: undone, so that
     // each is the first open after the crash.
     let crashed = last_header(&data)?;
-    let (crash_cold, crash_warm, report_crash) =
-        time_opens(runs, &data, &cfg, Leave::Dropped, &|| {
-            restore_last_header(&crashed)
-        })?;
+    let crash = time_opens(
+        runs,
+        &data,
+        &cfg,
+        Leave::Dropped,
+        &|| restore_last_header(&crashed),
+        None,
+    )?;
     // A clean close writes the active segment's part of the index too, and the `CLOSED`
     // marker; each open removes the marker, and each engine is closed again for the next.
     Engine::open(&data, cfg.clone())
         .map_err(|e| fail("open", e))?
         .close()
         .map_err(|e| fail("close", e))?;
-    let (clean_cold, clean_warm, report_clean) =
-        time_opens(runs, &data, &cfg, Leave::Closed, &|| Ok(()))?;
+    let clean = time_opens(runs, &data, &cfg, Leave::Closed, &|| Ok(()), None)?;
     let index = data.join("index");
     let aside = opts.dir.join("index-aside");
     fresh(&aside)?;
@@ -497,14 +557,27 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
     // Full replays, each compared with the open with checkpoints of the same log: after a
     // clean close (the log's end taken from its `CLOSED` marker) and after a crash (the last
     // segment scanned first). Each open writes new runs in the background (and the clean
-    // close all of them): they go before the next full replay.
-    let (full_clean_cold, full_clean_warm, report_full) =
-        time_opens(runs, &data, &cfg, Leave::Closed, &|| fresh(&index))?;
+    // close all of them): they go before the next full replay. Each is paired with a raw
+    // read of the log timed right before it (see `time_open`).
+    let full_clean = time_opens(
+        runs,
+        &data,
+        &cfg,
+        Leave::Closed,
+        &|| fresh(&index),
+        Some(&files),
+    )?;
     // As after a crash: no marker.
     drop(Engine::open(&data, cfg.clone()).map_err(|e| fail("open", e))?);
     fresh(&index)?;
-    let (full_crash_cold, full_crash_warm, _) =
-        time_opens(runs, &data, &cfg, Leave::Dropped, &|| fresh(&index))?;
+    let full_crash = time_opens(
+        runs,
+        &data,
+        &cfg,
+        Leave::Dropped,
+        &|| fresh(&index),
+        Some(&files),
+    )?;
     fresh(&index)?;
     std::fs::rename(&aside, &index).map_err(|e| fail("put the index back", e))?;
 
@@ -522,17 +595,27 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
     }
     drop(e);
     let crashed = last_header(&data)?;
-    let (tail_cold, tail_warm, report_tail) =
-        time_opens(runs, &data, &cfg, Leave::Dropped, &|| {
-            restore_last_header(&crashed)
-        })?;
+    let tail = time_opens(
+        runs,
+        &data,
+        &cfg,
+        Leave::Dropped,
+        &|| restore_last_header(&crashed),
+        None,
+    )?;
     fresh(&aside)?;
     std::fs::rename(&index, &aside).map_err(|e| fail("move the index aside", e))?;
-    let (full_tail_cold, full_tail_warm, _) =
-        time_opens(runs, &data, &cfg, Leave::Dropped, &|| {
+    let full_tail = time_opens(
+        runs,
+        &data,
+        &cfg,
+        Leave::Dropped,
+        &|| {
             fresh(&index)?;
             restore_last_header(&crashed)
-        })?;
+        },
+        None,
+    )?;
     fresh(&index)?;
     std::fs::rename(&aside, &index).map_err(|e| fail("put the index back", e))?;
     // Closed cleanly for what follows (memory after open, gets), as before the tail rows.
@@ -540,35 +623,17 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
         .map_err(|e| fail("open", e))?
         .close()
         .map_err(|e| fail("close", e))?;
-    rows.push((
-        "with checkpoints, after a clean close",
-        clean_cold,
-        clean_warm,
-    ));
-    rows.push(("with checkpoints, after a crash", crash_cold, crash_warm));
-    rows.push((
-        "full replay (no checkpoints), clean close",
-        full_clean_cold,
-        full_clean_warm,
-    ));
-    rows.push((
-        "full replay (no checkpoints), crash",
-        full_crash_cold,
-        full_crash_warm,
-    ));
-    rows.push((
-        "with checkpoints, crash 4 MiB past a tail checkpoint",
-        tail_cold,
-        tail_warm,
-    ));
-    rows.push((
-        "full replay (no checkpoints), that crash",
-        full_tail_cold,
-        full_tail_warm,
-    ));
-    let full = |row: usize| (median(&rows[row].1), median(&rows[row].2));
-    let ((full_clean_cold, full_clean_warm), (full_crash_cold, full_crash_warm)) =
-        (full(2), full(3));
+    let rows: [(&str, &Opens); 6] = [
+        ("with checkpoints, after a clean close", &clean),
+        ("with checkpoints, after a crash", &crash),
+        ("full replay (no checkpoints), clean close", &full_clean),
+        ("full replay (no checkpoints), crash", &full_crash),
+        (
+            "with checkpoints, crash 4 MiB past a tail checkpoint",
+            &tail,
+        ),
+        ("full replay (no checkpoints), that crash", &full_tail),
+    ];
     let mbps = |s: f64| bytes as f64 / s / 1e6;
     w(
         out,
@@ -581,66 +646,54 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
             fmt_s(&raw_warm)
         ),
     )?;
-    for (name, c, wm) in &rows {
+    for (name, o) in &rows {
         w(
             out,
             format!(
                 "  {name:<42} cold {:>7.3} [{}]  warm {:>7.3} [{}]",
-                median(c),
-                fmt_s(c),
-                median(wm),
-                fmt_s(wm)
+                median(&o.cold),
+                fmt_s(&o.cold),
+                median(&o.warm),
+                fmt_s(&o.warm)
             ),
         )?;
     }
     for (name, r) in [
-        ("clean", &report_clean),
-        ("crash", &report_crash),
-        ("crash past a tail checkpoint", &report_tail),
-        ("full", &report_full),
+        ("clean", &clean.report),
+        ("crash", &crash.report),
+        ("crash past a tail checkpoint", &tail.report),
+        ("full", &full_clean.report),
     ] {
         if let Some(r) = r {
             w(out, format!("  {name}: {r:?}"))?;
         }
     }
-    let summary = |what: &str,
-                   clean: f64,
-                   crash: f64,
-                   full_clean: f64,
-                   full_crash: f64,
-                   raw: f64| {
+    let (clean_ratios, crash_ratios) = (full_clean.paired_ratios(), full_crash.paired_ratios());
+    let summary = |what: &str, opens: fn(&Opens) -> &[f64], clean_r: &[f64], crash_r: &[f64]| {
+        let m = |o: &Opens| median(opens(o));
+        let (full_clean_s, full_crash_s) = (m(&full_clean), m(&full_crash));
         format!(
-            "  {what}: checkpoints {:.1}x faster than full replay after a clean close, {:.1}x after a crash; full replay {:.0} MB/s = {:.2}x raw read {:.0} MB/s after a clean close, {:.0} MB/s = {:.2}x after a crash",
-            full_clean / clean, full_crash / crash, mbps(full_clean), raw / full_clean, mbps(raw), mbps(full_crash), raw / full_crash
+            "  {what}: checkpoints {:.1}x faster than full replay after a clean close, {:.1}x after a crash, {:.1}x after a crash 4 MiB past a tail checkpoint; full replay {:.0} MB/s after a clean close and {:.0} MB/s after a crash, against the raw read timed right before each: {:.2}x [{}] and {:.2}x [{}]",
+            full_clean_s / m(&clean),
+            full_crash_s / m(&crash),
+            m(&full_tail) / m(&tail),
+            mbps(full_clean_s),
+            mbps(full_crash_s),
+            median(clean_r),
+            fmt_s(clean_r),
+            median(crash_r),
+            fmt_s(crash_r),
         )
     };
     if !raw_cold.is_empty() {
-        let (clean, crash) = (median(&rows[0].1), median(&rows[1].1));
-        let raw = median(&raw_cold);
         w(
             out,
-            summary("cold", clean, crash, full_clean_cold, full_crash_cold, raw),
-        )?;
-        w(
-            out,
-            format!(
-                "  cold: checkpoints {:.1}x faster than full replay after a crash 4 MiB past a tail checkpoint",
-                median(&rows[5].1) / median(&rows[4].1)
-            ),
+            summary("cold", |o| &o.cold, &clean_ratios.0, &crash_ratios.0),
         )?;
     }
-    let (clean, crash) = (median(&rows[0].2), median(&rows[1].2));
-    let raw = median(&raw_warm);
     w(
         out,
-        summary("warm", clean, crash, full_clean_warm, full_crash_warm, raw),
-    )?;
-    w(
-        out,
-        format!(
-            "  warm: checkpoints {:.1}x faster than full replay after a crash 4 MiB past a tail checkpoint",
-            median(&rows[5].2) / median(&rows[4].2)
-        ),
+        summary("warm", |o| &o.warm, &clean_ratios.1, &crash_ratios.1),
     )?;
 
     // Memory, in a fresh process so freed memory of this one does not hide it.
@@ -734,7 +787,7 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
 
 #[cfg(test)]
 mod tests {
-    use super::{abba_ratios, fastest_blocks};
+    use super::{abba_ratios, fastest_blocks, Opens};
 
     /// Block times of `runs` runs of [`super::put_vs_append`] (engine first in even runs): the
     /// engine takes `engine` (+ `drain`), the append `append`, and `extra` is added to every
@@ -771,6 +824,22 @@ mod tests {
             a.push(append + hit(append_slot));
         }
         (p, d, a)
+    }
+
+    #[test]
+    fn full_replays_are_compared_with_the_raw_read_timed_right_before_each() {
+        // The disk slows down between the second and third run: each replay is as fast as
+        // its raw read, which the medians of the two taken apart would not show.
+        let o = Opens {
+            cold: vec![0.2, 0.2, 0.4],
+            warm: vec![0.1, 0.1],
+            report: None,
+            raw_cold: vec![0.2, 0.2, 0.4],
+            raw_warm: vec![0.05, 0.025],
+        };
+        let (cold, warm) = o.paired_ratios();
+        assert_eq!(cold, vec![1.0, 1.0, 1.0]);
+        assert_eq!(warm, vec![0.5, 0.25]);
     }
 
     #[test]
