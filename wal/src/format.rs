@@ -122,7 +122,7 @@ pub(crate) const BATCH_FRAME_MAX: usize = 2048;
 ///
 /// Why batches: a record's checksum is one chain of dependent `crc32` instructions (about
 /// three cycles each, eight bytes at a time), so a frame of a few hundred bytes waits on that
-/// latency end to end: at 232-byte frames it was 18% of a replay's CPU. Four frames' chains
+/// latency end to end: at 232-byte frames it was 14% of a replay's CPU. Four frames' chains
 /// interleaved keep the instruction's pipeline full (see `crc4`). Every frame is still
 /// checked, against the same `framed_crc` as [`decode_frame`]'s (a test compares them).
 pub(crate) fn frames_check_out(buf: &[u8], frames: &[(usize, usize)]) -> usize {
