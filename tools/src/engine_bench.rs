@@ -12,7 +12,7 @@
 //!   segment is replayed); after a crash 4 MiB of records past a checkpoint of the active
 //!   segment (`Engine::checkpoint_tail`, what the checkpointer writes when writes slow down);
 //!   and full replay (no checkpoints) of the same logs, each against a raw sequential read of
-//!   the same segment files timed right before it (see [`time_open`]); cold (page cache
+//!   the same segment files timed next to it (see [`time_open`]); cold (page cache
 //!   dropped, when the process may) and warm. Every open after a crash is the first (the
 //!   durable point the previous one recorded is undone);
 //! - get latency p50/p99 for keys in sealed segments (memory-mapped) and in the active segment
@@ -248,19 +248,26 @@ struct TimedOpen {
 
 /// Seconds to open the engine in `dir`, cold first when possible, then warm. Each engine is
 /// left as `leave` says (the close is not timed); `reset` then undoes what its background
-/// work wrote. With `raw`, a raw read of those files is timed right before each open, cold
-/// before the cold one and warm before the warm one: the disk's speed here drifts by a third
-/// within minutes, and a full replay compared with raw reads taken minutes apart measured
-/// the drift as much as the replay (0.70x in one run in which, read by read, it was 0.94x).
+/// work wrote. With `raw`, a raw read of those files is timed next to each open, cold next to
+/// the cold one and warm next to the warm one, right before the open or right after it as the
+/// `bool` says: the disk's speed here drifts by a third within minutes, and a full replay
+/// compared with raw reads taken minutes apart measured the drift as much as the replay
+/// (0.70x in one run in which, read by read, it was 0.94x). Before or after, alternately (see
+/// [`time_opens`]): whichever reads second may find the disk slower for the first's reading
+/// (at 10M keys, replays right after a raw read of the same 2.5 GB took 1.35-2.49 s, and
+/// 1.33-1.40 s with no read before them).
 fn time_open(
     dir: &Path,
     cfg: &Config,
     leave: Leave,
     reset: &dyn Fn() -> Result<(), Failure>,
-    raw: Option<&[PathBuf]>,
+    raw: Option<(&[PathBuf], bool)>,
 ) -> Result<TimedOpen, Failure> {
+    let raw_first = raw.is_some_and(|(_, first)| first);
     let time_raw = || -> Result<Option<f64>, Failure> {
-        let Some(files) = raw else { return Ok(None) };
+        let Some((files, _)) = raw else {
+            return Ok(None);
+        };
         let t = Instant::now();
         raw_read(files)?;
         Ok(Some(t.elapsed().as_secs_f64()))
@@ -274,7 +281,7 @@ fn time_open(
     };
     let mut raw_cold = None;
     let cold = if drop_caches() {
-        if raw.is_some() {
+        if raw_first {
             raw_cold = time_raw()?;
             drop_caches();
         }
@@ -282,18 +289,25 @@ fn time_open(
         let e = Engine::open(dir, cfg.clone()).map_err(|e| fail("open", e))?;
         let s = t.elapsed().as_secs_f64();
         finish(e)?;
+        if raw.is_some() && !raw_first {
+            drop_caches();
+            raw_cold = time_raw()?;
+        }
         // Warm the files again for the warm open below.
         finish(Engine::open(dir, cfg.clone()).map_err(|e| fail("open", e))?)?;
         Some(s)
     } else {
         None
     };
-    let raw_warm = time_raw()?;
+    let mut raw_warm = if raw_first { time_raw()? } else { None };
     let t = Instant::now();
     let e = Engine::open(dir, cfg.clone()).map_err(|e| fail("open", e))?;
     let warm = t.elapsed().as_secs_f64();
     let report = e.open_report().clone();
     finish(e)?;
+    if !raw_first {
+        raw_warm = time_raw()?;
+    }
     Ok(TimedOpen {
         cold,
         warm,
@@ -315,11 +329,19 @@ struct Opens {
 }
 
 impl Opens {
-    /// Raw read seconds over open seconds, run by run, cold and warm: how fast the opens read
-    /// the log against the raw read timed right before each.
+    /// Raw read seconds over open seconds, cold and warm: how fast the opens read the log
+    /// against the raw reads timed next to them. Over each pair of runs `2k, 2k + 1`, whose
+    /// raw reads come before and after their opens, so that each side reads first once (a
+    /// last run without its pair is left out); run by run when there is a single run.
     fn paired_ratios(&self) -> (Vec<f64>, Vec<f64>) {
         let ratios = |raw: &[f64], open: &[f64]| -> Vec<f64> {
-            raw.iter().zip(open).map(|(r, o)| r / o).collect()
+            if raw.len().min(open.len()) < 2 {
+                return raw.iter().zip(open).map(|(r, o)| r / o).collect();
+            }
+            raw.chunks_exact(2)
+                .zip(open.chunks_exact(2))
+                .map(|(r, o)| (r[0] + r[1]) / (o[0] + o[1]))
+                .collect()
         };
         (
             ratios(&self.raw_cold, &self.cold),
@@ -328,7 +350,8 @@ impl Opens {
     }
 }
 
-/// [`time_open`] `runs` times.
+/// [`time_open`] `runs` times, with the raw reads (when given) before the opens in even runs
+/// and after them in odd ones.
 fn time_opens(
     runs: usize,
     dir: &Path,
@@ -338,8 +361,9 @@ fn time_opens(
     raw: Option<&[PathBuf]>,
 ) -> Result<Opens, Failure> {
     let mut o = Opens::default();
-    for _ in 0..runs {
-        let t = time_open(dir, cfg, leave, reset, raw)?;
+    for run in 0..runs {
+        // The raw read before the open in even runs, after it in odd ones (see `time_open`).
+        let t = time_open(dir, cfg, leave, reset, raw.map(|f| (f, run % 2 == 0)))?;
         o.cold.extend(t.cold);
         o.warm.push(t.warm);
         o.report = Some(t.report);
@@ -558,7 +582,7 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
     // clean close (the log's end taken from its `CLOSED` marker) and after a crash (the last
     // segment scanned first). Each open writes new runs in the background (and the clean
     // close all of them): they go before the next full replay. Each is paired with a raw
-    // read of the log timed right before it (see `time_open`).
+    // read of the log timed next to it (see `time_open`).
     let full_clean = time_opens(
         runs,
         &data,
@@ -673,7 +697,7 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
         let m = |o: &Opens| median(opens(o));
         let (full_clean_s, full_crash_s) = (m(&full_clean), m(&full_crash));
         format!(
-            "  {what}: checkpoints {:.1}x faster than full replay after a clean close, {:.1}x after a crash, {:.1}x after a crash 4 MiB past a tail checkpoint; full replay {:.0} MB/s after a clean close and {:.0} MB/s after a crash, against the raw read timed right before each: {:.2}x [{}] and {:.2}x [{}]",
+            "  {what}: checkpoints {:.1}x faster than full replay after a clean close, {:.1}x after a crash, {:.1}x after a crash 4 MiB past a tail checkpoint; full replay {:.0} MB/s after a clean close and {:.0} MB/s after a crash, against raw reads timed next to them (pairs of runs, one read before its open and one after): {:.2}x [{}] and {:.2}x [{}]",
             full_clean_s / m(&clean),
             full_crash_s / m(&crash),
             m(&full_tail) / m(&tail),
@@ -827,19 +851,27 @@ mod tests {
     }
 
     #[test]
-    fn full_replays_are_compared_with_the_raw_read_timed_right_before_each() {
-        // The disk slows down between the second and third run: each replay is as fast as
-        // its raw read, which the medians of the two taken apart would not show.
+    fn full_replays_are_compared_with_raw_reads_timed_next_to_them_in_pairs_of_runs() {
+        // The disk slows down after the second run: each pair of replays is as fast as its
+        // raw reads, which the medians of the two taken apart would not show; within a pair,
+        // whichever reads second is slower, and the pair's sums even that out. A fifth run
+        // without its pair is left out; a single run is its own pair.
         let o = Opens {
-            cold: vec![0.2, 0.2, 0.4],
+            cold: vec![0.2, 0.3, 0.6, 0.4, 9.0],
             warm: vec![0.1, 0.1],
             report: None,
-            raw_cold: vec![0.2, 0.2, 0.4],
+            raw_cold: vec![0.3, 0.2, 0.4, 0.6, 1.0],
             raw_warm: vec![0.05, 0.025],
         };
         let (cold, warm) = o.paired_ratios();
-        assert_eq!(cold, vec![1.0, 1.0, 1.0]);
-        assert_eq!(warm, vec![0.5, 0.25]);
+        assert_eq!(cold, vec![1.0, 1.0]);
+        assert_eq!(warm, vec![(0.05 + 0.025) / (0.1 + 0.1)]);
+        let one = Opens {
+            cold: vec![0.4],
+            raw_cold: vec![0.2],
+            ..Opens::default()
+        };
+        assert_eq!(one.paired_ratios().0, vec![0.5]);
     }
 
     #[test]
