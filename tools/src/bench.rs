@@ -641,13 +641,16 @@ pub enum Target {
     Absolute(f64),
 }
 
+/// The median of `v` (0 when empty): of an even count, the mean of the two middle values, so
+/// that neither a time (lower is better) nor a ratio to a baseline (either way) is read
+/// from the more favourable of the two.
 pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
-    if s.is_empty() {
-        0.0
-    } else {
-        s[s.len() / 2]
+    match s.len() {
+        0 => 0.0,
+        n if !n.is_multiple_of(2) => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
     }
 }
 
@@ -984,4 +987,16 @@ pub fn print_matrix(cells: &[MatrixCell], out: &mut dyn Write) -> std::io::Resul
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
 }
