@@ -558,22 +558,18 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
     }
     // Each open after the crash records a durable point at the recovered end: undone, so that
     // each is the first open after the crash.
+    let opens = |leave, reset: &dyn Fn() -> Result<(), Failure>, raw| {
+        time_opens(runs, &data, &cfg, leave, reset, raw)
+    };
     let crashed = last_header(&data)?;
-    let crash = time_opens(
-        runs,
-        &data,
-        &cfg,
-        Leave::Dropped,
-        &|| restore_last_header(&crashed),
-        None,
-    )?;
+    let crash = opens(Leave::Dropped, &|| restore_last_header(&crashed), None)?;
     // A clean close writes the active segment's part of the index too, and the `CLOSED`
     // marker; each open removes the marker, and each engine is closed again for the next.
     Engine::open(&data, cfg.clone())
         .map_err(|e| fail("open", e))?
         .close()
         .map_err(|e| fail("close", e))?;
-    let clean = time_opens(runs, &data, &cfg, Leave::Closed, &|| Ok(()), None)?;
+    let clean = opens(Leave::Closed, &|| Ok(()), None)?;
     let index = data.join("index");
     let aside = opts.dir.join("index-aside");
     fresh(&aside)?;
@@ -583,25 +579,11 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
     // segment scanned first). Each open writes new runs in the background (and the clean
     // close all of them): they go before the next full replay. Each is paired with a raw
     // read of the log timed next to it (see `time_open`).
-    let full_clean = time_opens(
-        runs,
-        &data,
-        &cfg,
-        Leave::Closed,
-        &|| fresh(&index),
-        Some(&files),
-    )?;
+    let full_clean = opens(Leave::Closed, &|| fresh(&index), Some(&files))?;
     // As after a crash: no marker.
     drop(Engine::open(&data, cfg.clone()).map_err(|e| fail("open", e))?);
     fresh(&index)?;
-    let full_crash = time_opens(
-        runs,
-        &data,
-        &cfg,
-        Leave::Dropped,
-        &|| fresh(&index),
-        Some(&files),
-    )?;
+    let full_crash = opens(Leave::Dropped, &|| fresh(&index), Some(&files))?;
     fresh(&index)?;
     std::fs::rename(&aside, &index).map_err(|e| fail("put the index back", e))?;
 
@@ -619,20 +601,10 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
     }
     drop(e);
     let crashed = last_header(&data)?;
-    let tail = time_opens(
-        runs,
-        &data,
-        &cfg,
-        Leave::Dropped,
-        &|| restore_last_header(&crashed),
-        None,
-    )?;
+    let tail = opens(Leave::Dropped, &|| restore_last_header(&crashed), None)?;
     fresh(&aside)?;
     std::fs::rename(&index, &aside).map_err(|e| fail("move the index aside", e))?;
-    let full_tail = time_opens(
-        runs,
-        &data,
-        &cfg,
+    let full_tail = opens(
         Leave::Dropped,
         &|| {
             fresh(&index)?;
