@@ -172,8 +172,14 @@ impl SegmentCursor {
                 self.buf[at + 2],
                 self.buf[at + 3],
             ]) as usize;
+            // The length is checked against the batch's bound before it is rounded up: a
+            // damaged one near `u32::MAX` (the footer's tag among them) would overflow the
+            // rounding where `usize` is 32 bits.
+            if !(RECORD_HEADER_LEN..=format::BATCH_FRAME_MAX).contains(&len) {
+                break;
+            }
             let padded = format::align_up(len);
-            if len < RECORD_HEADER_LEN || padded > format::BATCH_FRAME_MAX || padded > limit - at {
+            if padded > format::BATCH_FRAME_MAX || padded > limit - at {
                 break;
             }
             frames[n] = (at, padded);
