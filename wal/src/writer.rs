@@ -619,23 +619,123 @@ impl Wal {
     /// that chain value, the result is an error and the caller reads from the segment's start.
     pub fn reader_after(&self, location: Location, lsn: u64, chain_crc: u32) -> Result<WalReader> {
         let r = self.read_record(location, lsn)?;
-        let path = self.shared.segment_path(location)?;
         if r.crc != chain_crc {
             return Err(Error::corrupt(
-                &path,
+                &self.shared.segment_path(location)?,
                 location.offset,
                 format!("record {lsn} has another chain value than the one expected"),
             ));
         }
+        let next = Location {
+            segment: location.segment,
+            offset: location.offset + format::frame_size(r.key.len(), r.value.len()) as u64,
+        };
+        self.reader_at(next, lsn + 1, chain_crc)
+    }
+
+    /// A reader from record `lsn`, whose frame is at `location` and links to the chain value
+    /// `prev_crc`, without reading the records before it in its segment. Every record from
+    /// there is checked as any reader checks it, the first against `prev_crc`; what this
+    /// cannot check is that a frame *is* at `location`: bytes inside a record's value may
+    /// look like one (see [`Wal::frame_at_or_after`]). A caller that did not learn `location`
+    /// from the records before it must confirm it by reading those records up to there.
+    pub fn reader_at(&self, location: Location, lsn: u64, prev_crc: u32) -> Result<WalReader> {
+        let path = self.shared.segment_path(location)?;
+        let Some(before) = lsn.checked_sub(1) else {
+            return Err(Error::corrupt(
+                &path,
+                location.offset,
+                "a record numbered 0",
+            ));
+        };
         let mut cursor = reader::SegmentCursor::open(&*self.shared.io, &path, location.segment)?;
         cursor.skip_to(DurablePoint {
-            records_end: location.offset + format::frame_size(r.key.len(), r.value.len()) as u64,
-            last_lsn: lsn,
-            chain_crc,
+            records_end: location.offset,
+            last_lsn: before,
+            chain_crc: prev_crc,
         });
-        let mut reader = self.reader(lsn + 1);
+        let mut reader = self.reader(lsn);
         reader.start_at(cursor);
         Ok(reader)
+    }
+
+    /// The first place of segment `first_lsn`, at or after `offset` and within `window` bytes
+    /// of it, where a record frame checks out on its own (its length fits, its checksum
+    /// matches, its LSN is past the segment's first): the frame's location, LSN and chain
+    /// link, for [`Wal::reader_at`]. `None` when there is none in that window.
+    ///
+    /// Only a candidate: the records before it are not read, and bytes inside a record's value
+    /// may form a valid frame. A caller that reads the segment in two parts, the second from
+    /// here, must confirm that the first part's records end exactly here.
+    pub fn frame_at_or_after(
+        &self,
+        first_lsn: u64,
+        offset: u64,
+        window: usize,
+    ) -> Result<Option<(Location, u64, u32)>> {
+        let at = Location {
+            segment: first_lsn,
+            offset,
+        };
+        let path = self.shared.segment_path(at)?;
+        let end = self.segment_end(first_lsn)?;
+        // Frames start at multiples of FRAME_ALIGN, after the header.
+        let align = format::FRAME_ALIGN as u64;
+        let start = offset.max(HEADER_LEN as u64).div_ceil(align) * align;
+        if start >= end {
+            return Ok(None);
+        }
+        let file = self
+            .shared
+            .io
+            .open_read(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        let len = (end - start).min(window as u64) as usize;
+        let mut buf = vec![0u8; len];
+        let n =
+            reader::read_full(&*file, &mut buf, start).map_err(|e| Error::io("read", &path, e))?;
+        buf.truncate(n);
+        let mut i = 0usize;
+        while i < buf.len() {
+            let room = usize::try_from(end - (start + i as u64)).unwrap_or(usize::MAX);
+            if let format::Frame::Record(v) = format::decode_frame(&buf[i..], room) {
+                if v.lsn > first_lsn {
+                    let location = Location {
+                        segment: first_lsn,
+                        offset: start + i as u64,
+                    };
+                    return Ok(Some((location, v.lsn, v.prev_crc)));
+                }
+            }
+            i += format::FRAME_ALIGN;
+        }
+        Ok(None)
+    }
+
+    /// Where the frames of segment `first_lsn` end: the end of those appended when it is the
+    /// active segment, else the file's length (its footer included).
+    pub fn segment_end(&self, first_lsn: u64) -> Result<u64> {
+        let active_end = self
+            .shared
+            .state
+            .lock()
+            .active
+            .as_ref()
+            .filter(|a| a.first_lsn == first_lsn)
+            .map(|a| a.end);
+        if let Some(end) = active_end {
+            return Ok(end);
+        }
+        let path = self.shared.segment_path(Location {
+            segment: first_lsn,
+            offset: 0,
+        })?;
+        let file = self
+            .shared
+            .io
+            .open_read(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        file.file_len().map_err(|e| Error::io("stat", &path, e))
     }
 
     /// Reads back the record `lsn` whose frame is at `location` (as returned by
@@ -799,18 +899,7 @@ impl Wal {
             .io
             .open_read(&path)
             .map_err(|e| Error::io("open", &path, e))?;
-        let active_end = self
-            .shared
-            .state
-            .lock()
-            .active
-            .as_ref()
-            .filter(|a| a.first_lsn == first_lsn)
-            .map(|a| a.end);
-        let end = match active_end {
-            Some(end) => end,
-            None => file.file_len().map_err(|e| Error::io("stat", &path, e))?,
-        };
+        let end = self.segment_end(first_lsn)?;
         let piece = piece.max(1);
         let mut at = offset;
         while at < end {

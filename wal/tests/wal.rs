@@ -598,3 +598,70 @@ fn segments_can_be_asked_for_ahead_of_a_reader_that_does_not_ask_itself() {
         wal.close().unwrap();
     }
 }
+
+#[test]
+fn a_reader_starts_at_a_frame_found_inside_a_segment() {
+    for env in backends() {
+        let dir = env.dir.join("found");
+        let wal =
+            Wal::open_with_io(env.io.clone(), &dir, config(FsyncPolicy::Never, 16384)).unwrap();
+        let mut expect = Vec::new();
+        for i in 1..=300u64 {
+            let v = value(i, (i % 150) as usize);
+            assert_eq!(wal.append(entry(&v)).unwrap(), i);
+            expect.push((i, v));
+        }
+        wal.flush().unwrap();
+        let records: Vec<seglog_wal::Record> = wal.reader(1).map(|r| r.unwrap()).collect();
+        let mut segments: Vec<u64> = wal
+            .sealed_segments()
+            .unwrap()
+            .iter()
+            .map(|s| s.first_lsn)
+            .collect();
+        assert!(segments.len() >= 2, "[{}] {segments:?}", env.name);
+        segments.extend(wal.active_segment());
+        for seg in segments {
+            let end = wal.segment_end(seg).unwrap();
+            let in_segment: Vec<&seglog_wal::Record> = records
+                .iter()
+                .filter(|r| r.location.segment == seg)
+                .collect();
+            for offset in (0..end + 64).step_by(211) {
+                let found = wal.frame_at_or_after(seg, offset, 1 << 16).unwrap();
+                // The first frame at or after `offset`; never the segment's first record (its
+                // LSN is the segment's own, which a reader starts at anyway).
+                let want = in_segment
+                    .iter()
+                    .find(|r| r.location.offset >= offset && r.lsn > seg);
+                match (found, want) {
+                    (None, None) => {}
+                    (Some((at, lsn, prev)), Some(r)) => {
+                        assert_eq!((at, lsn), (r.location, r.lsn), "[{}] {offset}", env.name);
+                        assert_eq!(prev, records[lsn as usize - 2].crc, "[{}]", env.name);
+                        let from_here: Vec<(u64, Vec<u8>)> = wal
+                            .reader_at(at, lsn, prev)
+                            .unwrap()
+                            .map(|r| r.map(|r| (r.lsn, r.value)).unwrap())
+                            .collect();
+                        assert_eq!(from_here, expect[lsn as usize - 1..], "[{}]", env.name);
+                    }
+                    other => panic!("[{}] segment {seg} offset {offset}: {other:?}", env.name),
+                }
+            }
+        }
+        // A chain value that is not the previous record's: the first record is refused, at
+        // its place.
+        let r = &records[100];
+        let mut wrong = wal
+            .reader_at(r.location, r.lsn, records[99].crc ^ 1)
+            .unwrap();
+        match wrong.next() {
+            Some(Err(Error::Corruption { offset, .. })) => {
+                assert_eq!(offset, r.location.offset, "[{}]", env.name)
+            }
+            other => panic!("[{}] {other:?}", env.name),
+        }
+        wal.close().unwrap();
+    }
+}
