@@ -42,7 +42,7 @@ use crate::record::{KIND_DELETE, KIND_EPOCH, KIND_PUT};
 use crate::run::{self, Backing, KeyRef, Run, RunBuilder, RunMeta, Slot, Val};
 use parking_lot::{Mutex, RwLock};
 use seglog_wal::dir::INDEX_DIR;
-use seglog_wal::{Io, Location, Wal};
+use seglog_wal::{Io, Location, Wal, WalReader};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -615,8 +615,9 @@ impl Index {
                 }
             }
         }
-        // Segments replay independently: one worker a core, each taking the next segment, and
-        // a read-ahead asking for the segments in that order (`replay_all`).
+        // Segments replay independently: one worker a core, each taking the next segment (or
+        // half of one, with few segments), and a read-ahead asking for them in that order
+        // (`replay_all`).
         let jobs: Vec<(u64, u64, u32)> = parts
             .iter()
             .filter_map(|p| match *p {
@@ -627,18 +628,18 @@ impl Index {
         let mut replayed = replay_all(wal, &jobs, seed, tail_start, &sealed).into_iter();
         let mut oldest_first: Vec<Layer> = Vec::with_capacity(parts.len());
         for p in parts {
-            let run = match p {
-                Part::File(r) => Some(*r),
+            let runs = match p {
+                Part::File(r) => vec![*r],
                 Part::Replay(..) => {
                     // One result a job, in job order.
-                    let (r, n) = replayed.next().ok_or_else(|| {
+                    let (runs, n) = replayed.next().ok_or_else(|| {
                         crate::Error::Index("replay returned fewer results than jobs".into())
                     })??;
                     loaded.records_replayed += n;
-                    r
+                    runs
                 }
             };
-            oldest_first.extend(run.map(|r| Layer::Run(Arc::new(r))));
+            oldest_first.extend(runs.into_iter().map(|r| Layer::Run(Arc::new(r))));
         }
         let active_first = oldest_first.last().map_or(next, |l| l.last_lsn() + 1);
         oldest_first.reverse();
@@ -908,8 +909,9 @@ pub struct IndexShape {
     pub runs_repaired: usize,
 }
 
-/// What replaying a stretch of the log gives: its run (none when empty), records read.
-type Replayed = Result<(Option<Run>, u64)>;
+/// What replaying a job gives: its runs, oldest first (none when empty; two when the job was
+/// read in two parts, see [`replay_all`]), and the records read.
+type Replayed = Result<(Vec<Run>, u64)>;
 
 /// True when the log holds the end of `run`: a sealed segment ending at its last LSN with its
 /// chain value, or else the record at the location the run recorded, with that chain value.
@@ -965,19 +967,36 @@ struct ReplayBuffers {
     sort: run::KeySort,
 }
 
-/// Replays `from..=to` into a run held in memory, with `chain_crc` as the chain value at its
-/// end (0 when the range does not end a sealed segment), reading from `start` (the record
-/// before `from`) when given, else from the start of `from`'s segment; with `read_ahead`, the
-/// reader leaves asking the OS for the segment to [`read_ahead`]. Returns the run (none for an
-/// empty range) and how many records it read.
+/// What [`replay`] read: the run (none for an empty range), how many records, and where it
+/// stopped when it stopped at its `stop_at` offset (the location and LSN of the first record
+/// there, not replayed).
+struct ReplayedPart {
+    run: Option<Run>,
+    records: u64,
+    stopped: Option<(Location, u64)>,
+}
+
+impl ReplayedPart {
+    fn empty() -> ReplayedPart {
+        ReplayedPart {
+            run: None,
+            records: 0,
+            stopped: None,
+        }
+    }
+}
+
+/// Replays `from..=to` from `reader` into a run held in memory, with `chain_crc` as the chain
+/// value at its end (0 when the range does not end a sealed segment); with `stop_at`, it stops
+/// before the first record whose frame starts at or after that offset.
 fn replay(
     wal: &Wal,
     (from, to, chain_crc): (u64, u64, u32),
     seed: u64,
-    start: TailStart,
-    read_ahead: bool,
+    mut reader: WalReader,
+    stop_at: Option<u64>,
     bufs: &mut ReplayBuffers,
-) -> Replayed {
+) -> Result<ReplayedPart> {
     let ReplayBuffers {
         keys,
         changes: items,
@@ -988,20 +1007,15 @@ fn replay(
     let mut epoch = 0u64;
     let mut last = None;
     let mut last_at = Location::default();
-    let mut reader = match start {
-        Some((at, lsn, chain)) if lsn + 1 == from => wal.reader_after(at, lsn, chain).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "the index run's last record is not where it says; replaying its segment from the start");
-            wal.reader(from)
-        }),
-        _ => wal.reader(from),
-    };
-    if read_ahead {
-        reader = reader.without_prefetch();
-    }
     let mut malformed = None;
     let mut segment = None;
+    let mut stopped = None;
     while let Some(r) = reader.next_with(|r| {
         if r.lsn > to {
+            return false;
+        }
+        if stop_at.is_some_and(|at| r.location.offset >= at) {
+            stopped = Some((r.location, r.lsn));
             return false;
         }
         last = Some(r.lsn);
@@ -1055,7 +1069,11 @@ fn replay(
         }
     }
     let Some(last) = last else {
-        return Ok((None, 0));
+        return Ok(ReplayedPart {
+            run: None,
+            records: 0,
+            stopped,
+        });
     };
     let n = last - from.max(wal.first_lsn()) + 1;
     let segment = segment.unwrap_or_default();
@@ -1109,7 +1127,29 @@ fn replay(
     let bytes = b.finish(meta).ok_or_else(unfit)?;
     let run = Run::parse(Backing::Heap(bytes), None, true)
         .ok_or_else(|| crate::Error::Index("a run built by replay does not parse".into()))?;
-    Ok((Some(run), n))
+    Ok(ReplayedPart {
+        run: Some(run),
+        records: n,
+        stopped,
+    })
+}
+
+/// A reader for a job from `from`: after the index run's last record when `start` is that
+/// record (the one before `from`), else from the start of `from`'s segment. With `read_ahead`,
+/// the reader leaves asking the OS for the segment to [`read_ahead`].
+fn job_reader(wal: &Wal, from: u64, start: TailStart, read_ahead: bool) -> WalReader {
+    let reader = match start {
+        Some((at, lsn, chain)) if lsn + 1 == from => wal.reader_after(at, lsn, chain).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the index run's last record is not where it says; replaying its segment from the start");
+            wal.reader(from)
+        }),
+        _ => wal.reader(from),
+    };
+    if read_ahead {
+        reader.without_prefetch()
+    } else {
+        reader
+    }
 }
 
 /// The error for a change that does not fit a run entry (see [`RunBuilder::finish`]).
@@ -1826,9 +1866,8 @@ pub(crate) fn repair_damaged(wal: &Wal, state: &RwLock<Index>) -> Result<usize> 
         let mut newest_first = Vec::with_capacity(jobs.len());
         let seed = state.read().seed;
         for replayed in replay_all(wal, &jobs, seed, None, &sealed) {
-            if let (Some(r), _) = replayed? {
-                newest_first.push(Layer::Run(Arc::new(r)));
-            }
+            let (runs, _) = replayed?;
+            newest_first.extend(runs.into_iter().map(|r| Layer::Run(Arc::new(r))));
         }
         newest_first.reverse();
         {
@@ -1862,15 +1901,45 @@ pub(crate) fn repair_damaged(wal: &Wal, state: &RwLock<Index>) -> Result<usize> 
     Ok(repaired)
 }
 
-/// Replays each `(from, to, chain_crc)` job (see [`replay`]) with hashes under `seed`, one
-/// worker a core, each taking the next job; the results come back in job order.
 /// Where the replay of the active segment starts, when an index run covers its beginning:
 /// that run's last record (location, LSN, chain value), read with [`Wal::reader_after`].
 type TailStart = Option<(Location, u64, u32)>;
 
+/// A job is read in two parts when the replay has fewer than this many jobs a worker: with a
+/// few segments, the workers otherwise sat idle at both ends of a cold replay (timelines at
+/// 1M keys, four segments, two workers: the second worker waited 80 ms for its segment, the
+/// first segment streaming in ahead of it, and the last segment's parse, sort and build ran
+/// alone for the last 30 ms).
+const SPLIT_BELOW_JOBS_PER_WORKER: usize = 8;
+
+/// Jobs that read fewer bytes than this (a page) are read whole. Small, so that the tests'
+/// small segments take the split path too.
+const SPLIT_MIN_BYTES: u64 = 4 << 10;
+
+/// How far past the middle of a job's bytes its second part looks for a frame to start at.
+const SPLIT_WINDOW: usize = 64 << 10;
+
+/// What a replay worker does: a whole job, or one of its two parts. The first part reads
+/// from the job's start and stops before the first record at or after `mid`; the second
+/// starts at the first frame at or after `mid` that checks out on its own
+/// ([`Wal::frame_at_or_after`]). That frame is only a candidate (a value may hold bytes that
+/// look like one), so the second part's result is used only when the first part stopped
+/// exactly there ([`join_parts`]); otherwise the job is read again, whole.
+#[derive(Clone, Copy)]
+enum Task {
+    Whole(usize),
+    First(usize, u64),
+    Second(usize, u64),
+}
+
+/// A task's result; a second part's with the frame it started at (location, LSN).
+type TaskResult = (Result<ReplayedPart>, Option<(Location, u64)>);
+
 /// Replays `jobs` (first LSN, last LSN or `u64::MAX` for the rest of the log, chain value at
-/// the end or 0), the one to the end of the log from `tail` when given. `sealed` are the log's
-/// sealed segments: a job covers one of them, or the active segment.
+/// the end or 0), the one to the end of the log from `tail` when given, with hashes under
+/// `seed`: one worker a core, each taking the next task (see [`Task`]); the results come
+/// back one a job, in job order. `sealed` are the log's sealed segments: a job covers one of
+/// them, or the active segment.
 fn replay_all(
     wal: &Wal,
     jobs: &[(u64, u64, u32)],
@@ -1878,35 +1947,93 @@ fn replay_all(
     tail: TailStart,
     sealed: &[seglog_wal::SealedSegment],
 ) -> Vec<Replayed> {
-    let results: Vec<Mutex<Option<Replayed>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(jobs.len());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let start = |job: (u64, u64, u32)| tail.filter(|_| job.1 == u64::MAX);
     // Where each job reads: its segment, and the offset it starts at.
     let reads: Vec<Option<(u64, u64)>> = jobs
         .iter()
-        .map(|&(from, to, _)| match tail.filter(|_| to == u64::MAX) {
+        .map(|&job| match start(job) {
             Some((at, _, _)) => Some((at.segment, at.offset)),
             None => sealed
                 .iter()
-                .find(|s| s.first_lsn <= from && from <= s.last_lsn)
+                .find(|s| s.first_lsn <= job.0 && job.0 <= s.last_lsn)
                 .map(|s| s.first_lsn)
                 .or_else(|| wal.active_segment())
                 .map(|seg| (seg, 0)),
         })
         .collect();
+    let split = cores > 1 && jobs.len() < SPLIT_BELOW_JOBS_PER_WORKER * cores;
+    let mut tasks = Vec::with_capacity(jobs.len() * 2);
+    for (j, read) in reads.iter().enumerate() {
+        let mid = read.filter(|_| split).and_then(|(segment, offset)| {
+            let end = wal.segment_end(segment).ok()?;
+            (end.saturating_sub(offset) >= SPLIT_MIN_BYTES).then(|| offset + (end - offset) / 2)
+        });
+        match mid {
+            Some(mid) => tasks.extend([Task::First(j, mid), Task::Second(j, mid)]),
+            None => tasks.push(Task::Whole(j)),
+        }
+    }
+    let workers = cores.min(tasks.len()).max(1);
+    let results: Vec<Mutex<Option<TaskResult>>> = tasks.iter().map(|_| Mutex::new(None)).collect();
     let taken = Taken {
         state: Mutex::new((0, workers)),
         changed: parking_lot::Condvar::new(),
     };
     let ahead = wal.files_are_real();
+    let run_task = |task: Task, bufs: &mut ReplayBuffers| -> TaskResult {
+        match task {
+            Task::Whole(j) | Task::First(j, _) => {
+                let job = jobs[j];
+                let stop_at = match task {
+                    Task::First(_, mid) => Some(mid),
+                    _ => None,
+                };
+                let reader = job_reader(wal, job.0, start(job), ahead);
+                // A first part ends inside the segment: no chain value at a sealed end.
+                let job = if stop_at.is_some() {
+                    (job.0, job.1, 0)
+                } else {
+                    job
+                };
+                (replay(wal, job, seed, reader, stop_at, bufs), None)
+            }
+            Task::Second(j, mid) => {
+                let (from, to, chain) = jobs[j];
+                let Some((segment, _)) = reads[j] else {
+                    return (Ok(ReplayedPart::empty()), None);
+                };
+                // No candidate (or none past the job's first record): the first part reads
+                // on past `mid` and `join_parts` reads the job again.
+                let found = match wal.frame_at_or_after(segment, mid, SPLIT_WINDOW) {
+                    Ok(Some((at, lsn, prev))) if lsn > from && lsn <= to => (at, lsn, prev),
+                    _ => return (Ok(ReplayedPart::empty()), None),
+                };
+                let (at, lsn, prev) = found;
+                let reader = match wal.reader_at(at, lsn, prev) {
+                    Ok(r) if ahead => r.without_prefetch(),
+                    Ok(r) => r,
+                    Err(e) => return (Err(e.into()), Some((at, lsn))),
+                };
+                (
+                    replay(wal, (lsn, to, chain), seed, reader, None, bufs),
+                    Some((at, lsn)),
+                )
+            }
+        }
+    };
     std::thread::scope(|s| {
         if ahead {
             s.spawn(|| {
-                read_ahead(&taken, workers, jobs.len(), |j| {
+                read_ahead(&taken, workers, tasks.len(), |t| {
+                    let (j, from) = match tasks[t] {
+                        Task::Whole(j) | Task::First(j, _) => (j, None),
+                        Task::Second(j, mid) => (j, Some(mid)),
+                    };
                     if let Some((segment, offset)) = reads[j] {
                         // Only a hint: the worker reads the segment anyway, and reports what
                         // fails.
+                        let offset = from.unwrap_or(offset);
                         if let Err(e) = wal.prefetch_segment(segment, offset, READ_AHEAD_PIECE) {
                             tracing::debug!(error = %e, segment, "replay read-ahead failed");
                         }
@@ -1919,33 +2046,84 @@ fn replay_all(
                 let _done = WorkerDone(&taken);
                 let mut bufs = ReplayBuffers::default();
                 loop {
-                    let j = {
-                        let mut t = taken.state.lock();
-                        t.0 += 1;
-                        t.0 - 1
+                    let t = {
+                        let mut st = taken.state.lock();
+                        st.0 += 1;
+                        st.0 - 1
                     };
                     taken.changed.notify_all();
-                    let Some(&job) = jobs.get(j) else {
+                    let Some(&task) = tasks.get(t) else {
                         break;
                     };
-                    let start = tail.filter(|_| job.1 == u64::MAX);
-                    *results[j].lock() = Some(replay(wal, job, seed, start, ahead, &mut bufs));
+                    *results[t].lock() = Some(run_task(task, &mut bufs));
                 }
             });
         }
     });
-    results
-        .into_iter()
-        .map(|r| {
-            // Each job's result is filled by the worker that took it (the scope joined them
-            // all); a missing one means a worker panicked.
-            r.into_inner().unwrap_or_else(|| {
+    // Each task's result is filled by the worker that took it (the scope joined them all); a
+    // missing one means a worker panicked.
+    let mut results = results.into_iter().map(|r| {
+        r.into_inner().unwrap_or_else(|| {
+            (
                 Err(crate::Error::Index(
                     "a replay worker stopped without a result".into(),
-                ))
-            })
+                )),
+                None,
+            )
         })
-        .collect()
+    });
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut bufs = ReplayBuffers::default();
+    for task in &tasks {
+        let replayed = match *task {
+            Task::Whole(_) => results.next().map_or_else(missing, |(r, _)| whole(r)),
+            Task::First(j, _) => match (results.next(), results.next()) {
+                (Some((first, _)), Some(second)) => join_parts(first, second, || {
+                    let job = jobs[j];
+                    let reader = job_reader(wal, job.0, start(job), false);
+                    whole(replay(wal, job, seed, reader, None, &mut bufs))
+                }),
+                _ => missing(),
+            },
+            // Taken with its first part, above.
+            Task::Second(..) => continue,
+        };
+        out.push(replayed);
+    }
+    out
+}
+
+/// A job read whole: its run, if any.
+fn whole(r: Result<ReplayedPart>) -> Replayed {
+    r.map(|p| (p.run.into_iter().collect(), p.records))
+}
+
+fn missing() -> Replayed {
+    Err(crate::Error::Index(
+        "replay returned fewer results than tasks".into(),
+    ))
+}
+
+/// A job read in two parts (see [`Task`]): both runs when the first part stopped exactly at the
+/// frame the second started at; the first alone when it read to the job's end (nothing is at
+/// or after the middle, so whatever the second part found there is not in the log); else the
+/// job read again, whole, by `again`. A failed first part is the job's failure; a failed
+/// second part is, once the first confirms where it started.
+fn join_parts(
+    first: Result<ReplayedPart>,
+    (second, started): TaskResult,
+    again: impl FnOnce() -> Replayed,
+) -> Replayed {
+    let first = first?;
+    match first.stopped {
+        None => Ok((first.run.into_iter().collect(), first.records)),
+        Some(at) if started == Some(at) => {
+            let second = second?;
+            let runs = first.run.into_iter().chain(second.run).collect();
+            Ok((runs, first.records + second.records))
+        }
+        Some(_) => again(),
+    }
 }
 
 /// The replay workers' progress, for [`read_ahead`]: (jobs taken, workers still working).

@@ -124,6 +124,60 @@ fn without_any_run_every_segment_is_replayed_to_the_same_index() {
     assert_eq!(e.epoch(), 4);
 }
 
+/// A log may hold logs: values made of valid record frames. A replay that reads a segment in
+/// two parts starts the second part at the first frame past the middle that checks out on its
+/// own, which may be one inside a value; only the first part, stopping exactly there, confirms
+/// it. Here every value is six frames claiming to be the next record, so most segments' second
+/// parts start at a false one: the index after a full replay must still be the one written,
+/// without their key and without losing the records after them.
+#[test]
+fn values_made_of_frames_do_not_mislead_a_replay_read_in_two_parts() {
+    use seglog::wal::format::encode_frame;
+    use seglog::wal::Entry;
+    let tmp = tempfile::tempdir().unwrap();
+    let e = Engine::open(tmp.path(), config()).unwrap();
+    let bogus = Entry {
+        kind: seglog::record::KIND_PUT,
+        key: b"bogus-key-000000",
+        value: &[0xAB; 8],
+    };
+    let mut written = Vec::new();
+    for i in 0..200u32 {
+        // 16 bytes: a value starts 48 bytes into its frame, where a frame could start too.
+        let key = format!("key-{i:012}");
+        let lsn = e.wal().last_lsn() + 1;
+        let mut value = Vec::new();
+        for _ in 0..6 {
+            encode_frame(&mut value, &bogus, lsn + 1, 0, 0x5EED, 0);
+        }
+        assert_eq!(e.put(key.as_bytes(), &value).unwrap(), lsn);
+        written.push((key, value, lsn));
+    }
+    let sealed = sealed_segments(tmp.path());
+    assert!((4..12).contains(&sealed), "{sealed} sealed segments");
+    let check = |crashed: bool| {
+        std::fs::remove_dir_all(tmp.path().join("index")).unwrap();
+        let e = Engine::open(tmp.path(), config()).unwrap();
+        let r = e.open_report().clone();
+        assert_eq!(
+            r.records_replayed,
+            e.wal().last_lsn(),
+            "crashed {crashed}: {r:?}"
+        );
+        for (key, value, lsn) in &written {
+            let got = e.get(key.as_bytes()).unwrap();
+            assert_eq!(got, Some((value.clone(), *lsn)), "crashed {crashed}: {key}");
+        }
+        assert_eq!(e.get(bogus.key).unwrap(), None, "crashed {crashed}");
+        assert_eq!(e.len().unwrap(), written.len(), "crashed {crashed}");
+        e
+    };
+    // After a crash (dropped without a clean close) and after a clean close.
+    drop(e);
+    check(true).close().unwrap();
+    check(false).close().unwrap();
+}
+
 /// One way to damage the run files of a closed directory; returns the file it damaged.
 type Damage = fn(&[PathBuf]) -> PathBuf;
 
