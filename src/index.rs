@@ -1905,7 +1905,7 @@ pub(crate) fn repair_damaged(wal: &Wal, state: &RwLock<Index>) -> Result<usize> 
 /// that run's last record (location, LSN, chain value), read with [`Wal::reader_after`].
 type TailStart = Option<(Location, u64, u32)>;
 
-/// A job is read in two parts when the replay has fewer than this many jobs a worker: with a
+/// A job is read in two parts when the replay has fewer than this many jobs a core: with a
 /// few segments, the workers otherwise sat idle at both ends of a cold replay (timelines at
 /// 1M keys, four segments, two workers: the second worker waited 80 ms for its segment, the
 /// first segment streaming in ahead of it, and the last segment's parse, sort and build ran
