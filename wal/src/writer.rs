@@ -662,7 +662,8 @@ impl Wal {
     /// The first place of segment `first_lsn`, at or after `offset` and within `window` bytes
     /// of it, where a record frame checks out on its own (its length fits, its checksum
     /// matches, its LSN is past the segment's first): the frame's location, LSN and chain
-    /// link, for [`Wal::reader_at`]. `None` when there is none in that window.
+    /// link, for [`Wal::reader_at`]. `None` when there is none in that window (a frame longer
+    /// than what is left of it is passed over: at most `window` bytes are read).
     ///
     /// Only a candidate: the records before it are not read, and bytes inside a record's value
     /// may form a valid frame. A caller that reads the segment in two parts, the second from
@@ -673,23 +674,14 @@ impl Wal {
         offset: u64,
         window: usize,
     ) -> Result<Option<(Location, u64, u32)>> {
-        let at = Location {
-            segment: first_lsn,
-            offset,
-        };
-        let path = self.shared.segment_path(at)?;
-        let end = self.segment_end(first_lsn)?;
+        let (path, file) = self.open_segment(first_lsn)?;
+        let end = self.end_of(first_lsn, &path, &*file)?;
         // Frames start at multiples of FRAME_ALIGN, after the header.
         let align = format::FRAME_ALIGN as u64;
         let start = offset.max(HEADER_LEN as u64).div_ceil(align) * align;
         if start >= end {
             return Ok(None);
         }
-        let file = self
-            .shared
-            .io
-            .open_read(&path)
-            .map_err(|e| Error::io("open", &path, e))?;
         let len = (end - start).min(window as u64) as usize;
         let mut buf = vec![0u8; len];
         let n =
@@ -715,17 +707,12 @@ impl Wal {
     /// Where the frames of segment `first_lsn` end: the end of those appended when it is the
     /// active segment, else the file's length (its footer included).
     pub fn segment_end(&self, first_lsn: u64) -> Result<u64> {
-        let active_end = self
-            .shared
-            .state
-            .lock()
-            .active
-            .as_ref()
-            .filter(|a| a.first_lsn == first_lsn)
-            .map(|a| a.end);
-        if let Some(end) = active_end {
-            return Ok(end);
-        }
+        let (path, file) = self.open_segment(first_lsn)?;
+        self.end_of(first_lsn, &path, &*file)
+    }
+
+    /// Opens segment `first_lsn` for reading: its path and file.
+    fn open_segment(&self, first_lsn: u64) -> Result<(PathBuf, Arc<dyn IoFile>)> {
         let path = self.shared.segment_path(Location {
             segment: first_lsn,
             offset: 0,
@@ -735,7 +722,23 @@ impl Wal {
             .io
             .open_read(&path)
             .map_err(|e| Error::io("open", &path, e))?;
-        file.file_len().map_err(|e| Error::io("stat", &path, e))
+        Ok((path, file))
+    }
+
+    /// [`Wal::segment_end`] of segment `first_lsn`, opened as `file`.
+    fn end_of(&self, first_lsn: u64, path: &Path, file: &dyn IoFile) -> Result<u64> {
+        let active_end = self
+            .shared
+            .state
+            .lock()
+            .active
+            .as_ref()
+            .filter(|a| a.first_lsn == first_lsn)
+            .map(|a| a.end);
+        match active_end {
+            Some(end) => Ok(end),
+            None => file.file_len().map_err(|e| Error::io("stat", path, e)),
+        }
     }
 
     /// Reads back the record `lsn` whose frame is at `location` (as returned by
@@ -890,16 +893,8 @@ impl Wal {
     /// about to read it through, so that the disk reads ahead of it as fast as it can. A
     /// backend without a page cache ignores it.
     pub fn prefetch_segment(&self, first_lsn: u64, offset: u64, piece: u64) -> Result<()> {
-        let path = self.shared.segment_path(Location {
-            segment: first_lsn,
-            offset,
-        })?;
-        let file = self
-            .shared
-            .io
-            .open_read(&path)
-            .map_err(|e| Error::io("open", &path, e))?;
-        let end = self.segment_end(first_lsn)?;
+        let (path, file) = self.open_segment(first_lsn)?;
+        let end = self.end_of(first_lsn, &path, &*file)?;
         let piece = piece.max(1);
         let mut at = offset;
         while at < end {
