@@ -1929,7 +1929,8 @@ const SPLIT_WINDOW: usize = 64 << 10;
 enum Task {
     Whole(usize),
     First(usize, u64),
-    Second(usize, u64),
+    /// The job, its segment, and the offset to look for a frame from.
+    Second(usize, u64, u64),
 }
 
 /// A task's result; a second part's with the frame it started at (location, LSN).
@@ -1967,10 +1968,13 @@ fn replay_all(
     for (j, read) in reads.iter().enumerate() {
         let mid = read.filter(|_| split).and_then(|(segment, offset)| {
             let end = wal.segment_end(segment).ok()?;
-            (end.saturating_sub(offset) >= SPLIT_MIN_BYTES).then(|| offset + (end - offset) / 2)
+            (end.saturating_sub(offset) >= SPLIT_MIN_BYTES)
+                .then(|| (segment, offset + (end - offset) / 2))
         });
         match mid {
-            Some(mid) => tasks.extend([Task::First(j, mid), Task::Second(j, mid)]),
+            Some((segment, mid)) => {
+                tasks.extend([Task::First(j, mid), Task::Second(j, segment, mid)])
+            }
             None => tasks.push(Task::Whole(j)),
         }
     }
@@ -1998,11 +2002,8 @@ fn replay_all(
                 };
                 (replay(wal, job, seed, reader, stop_at, bufs), None)
             }
-            Task::Second(j, mid) => {
+            Task::Second(j, segment, mid) => {
                 let (from, to, chain) = jobs[j];
-                let Some((segment, _)) = reads[j] else {
-                    return (Ok(ReplayedPart::empty()), None);
-                };
                 // No candidate (or none past the job's first record): the first part reads
                 // on past `mid` and `join_parts` reads the job again.
                 let found = match wal.frame_at_or_after(segment, mid, SPLIT_WINDOW) {
@@ -2026,14 +2027,13 @@ fn replay_all(
         if ahead {
             s.spawn(|| {
                 read_ahead(&taken, workers, tasks.len(), |t| {
-                    let (j, from) = match tasks[t] {
-                        Task::Whole(j) | Task::First(j, _) => (j, None),
-                        Task::Second(j, mid) => (j, Some(mid)),
+                    // A second part's bytes were asked for with its first part's, to the end.
+                    let (Task::Whole(j) | Task::First(j, _)) = tasks[t] else {
+                        return;
                     };
                     if let Some((segment, offset)) = reads[j] {
                         // Only a hint: the worker reads the segment anyway, and reports what
                         // fails.
-                        let offset = from.unwrap_or(offset);
                         if let Err(e) = wal.prefetch_segment(segment, offset, READ_AHEAD_PIECE) {
                             tracing::debug!(error = %e, segment, "replay read-ahead failed");
                         }
