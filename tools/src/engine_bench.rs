@@ -45,6 +45,8 @@ pub struct EngineBenchOptions {
     pub runs: usize,
     /// Segment size.
     pub segment_size: u64,
+    /// Whether to measure put against append (`--no-put` skips it).
+    pub put: bool,
 }
 
 fn config(fsync: FsyncPolicy, segment_size: u64) -> Config {
@@ -472,16 +474,11 @@ fn fmt_s(v: &[f64]) -> String {
         .join(" ")
 }
 
-/// Runs every engine figure and prints them.
-pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
+/// Put against raw WAL append under each fsync policy (see [`put_vs_append`]), printed.
+fn put_figures(opts: &EngineBenchOptions, value: &[u8], out: &mut dyn Write) -> CmdResult {
     let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(|e| fail("write", e));
-    std::fs::create_dir_all(&opts.dir).map_err(|e| fail("create bench directory", e))?;
-    let runs = opts.runs.max(1);
-    let value = vec![7u8; opts.value_size];
-
-    w(out, format!("seglog engine benchmark: {} keys of 20 bytes, {} B values, {} runs (medians; per-run values in brackets)", opts.keys, opts.value_size, runs))?;
     // Runs in pairs (see `abba_ratios`).
-    let put_runs = runs.max(2).next_multiple_of(2);
+    let put_runs = opts.runs.max(2).next_multiple_of(2);
     w(
         out,
         format!("\nput vs raw WAL append, same records, each side alone in its own block, {} runs (ns per operation, medians of the runs; drain: the index work left when the puts returned, timed apart; ratios: (put + drain) / append and put / append of each pair of runs, blocks in the order engine, append, append, engine, and their median):", put_runs),
@@ -493,7 +490,7 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
     ] {
         let (mut p_ns, mut d_ns, mut a_ns) = (vec![], vec![], vec![]);
         for run in 0..put_runs {
-            let (p, d, a) = put_vs_append(&opts.dir, fsync, n, &value, run)?;
+            let (p, d, a) = put_vs_append(&opts.dir, fsync, n, value, run)?;
             p_ns.push(p);
             d_ns.push(d);
             a_ns.push(a);
@@ -518,6 +515,26 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
                 format!("         fastest block of each side: put + drain {put:.0} ns, append {append:.0} ns, ratio {ratio:.3}x"),
             )?;
         }
+    }
+
+    Ok(())
+}
+
+/// Runs every engine figure and prints them.
+pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
+    let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(|e| fail("write", e));
+    std::fs::create_dir_all(&opts.dir).map_err(|e| fail("create bench directory", e))?;
+    let runs = opts.runs.max(1);
+    let value = vec![7u8; opts.value_size];
+
+    w(out, format!("seglog engine benchmark: {} keys of 20 bytes, {} B values, {} runs (medians; per-run values in brackets)", opts.keys, opts.value_size, runs))?;
+    if opts.put {
+        put_figures(opts, &value, out)?;
+    } else {
+        w(
+            out,
+            "\nput vs raw WAL append: skipped (--no-put)".to_string(),
+        )?;
     }
 
     // The data set: every key once, in random key order.
@@ -595,8 +612,9 @@ pub fn run(opts: &EngineBenchOptions, out: &mut dyn Write) -> CmdResult {
         .map_err(|e| fail("checkpoint the tail", e))?;
     let frame = seglog::wal::format::frame_size(key(0).len(), value.len()) as u64;
     let past_tail = seglog::TAIL_CHECKPOINT_BYTES / frame;
+    // Updates only, also when the data set has fewer keys than that (the key count stays).
     for i in 0..past_tail {
-        e.put(key(i).as_bytes(), &value)
+        e.put(key(i % opts.keys.max(1)).as_bytes(), &value)
             .map_err(|e| fail("put", e))?;
     }
     drop(e);

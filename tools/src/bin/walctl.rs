@@ -126,6 +126,10 @@ enum Cmd {
         /// Keys of the --engine data set.
         #[arg(long, default_value_t = 1_000_000)]
         keys: u64,
+        /// With --engine: skip the put comparison (3M puts of --record-size each side and
+        /// block), to measure reopen, gets, memory and subscriptions of a large data set alone.
+        #[arg(long)]
+        no_put: bool,
         /// (Internal to --engine: open DIR in this fresh process and print the memory it took.)
         #[arg(long, hide = true)]
         engine_open_rss: Option<PathBuf>,
@@ -202,6 +206,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             engine: true,
             dir,
             keys,
+            no_put,
             record_size,
             runs,
             segment_size,
@@ -213,6 +218,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 value_size: record_size,
                 runs,
                 segment_size,
+                put: !no_put,
             },
             &mut stdout.lock(),
         ),
