@@ -486,7 +486,9 @@ impl Wal {
 
     /// Runs `f` holding the log's append lock: what `f` appends through [`Locked::append`] and
     /// what it changes in the attachment ([`Locked::attachment`]) happen together, ordered
-    /// with every other append. Buffered records are written out afterwards as after
+    /// with every other append, and no other append comes between the start of `f` and its
+    /// own (also when its append rolls the log), so that what `f` read decides on the log as
+    /// its records find it. Buffered records are written out afterwards as after
     /// [`Wal::submit_batch_located`] (nothing waits for durability). An error `f` returns
     /// after appending does not undo the append.
     ///
@@ -498,6 +500,15 @@ impl Wal {
     ) -> std::result::Result<T, E> {
         let s = &*self.shared;
         let mut g = s.state.lock();
+        // A roll in progress waits for I/O in flight with the lock released, and the
+        // appenders that find it rolling wait with the lock released too: `f` must not start
+        // before it ends, or an append waiting for the roll inside `f` would let others
+        // append between what `f` read and its record. Once it ends, no roll but one `f`
+        // starts itself can begin while `f` runs, and during that one every other appender
+        // waits (see `Shared::encode`).
+        while g.rolling {
+            s.changed.wait(&mut g);
+        }
         let mut locked = Locked {
             shared: s,
             guard: &mut g,

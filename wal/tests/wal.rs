@@ -562,6 +562,56 @@ fn exclusive_appends_and_its_attachment_change_together() {
     }
 }
 
+/// Nothing is appended between the start of an `exclusive` closure and its append, also when
+/// the append waits for a roll (this one's or another appender's, which waits for I/O in
+/// flight outside the lock): a closure that decides what to append from the attachment (a
+/// check before a conditional write) decides on the log as it is when its record lands.
+/// 8 KiB segments roll every few dozen records.
+#[test]
+fn nothing_is_appended_between_an_exclusive_closure_and_its_append_across_rolls() {
+    for env in backends() {
+        let dir = env.dir.join("exclusive-rolls");
+        let wal =
+            Wal::open_with_io(env.io.clone(), &dir, config(FsyncPolicy::Always, 8192)).unwrap();
+        // The last LSN appended, as the closures record it.
+        wal.attach(Box::new(0u64)).unwrap();
+        let slipped_in = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    for i in 0..300u64 {
+                        let v = value(i, 100);
+                        wal.exclusive(|l| -> Result<(), Error> {
+                            let seen = *l.attachment::<u64>().unwrap();
+                            let a = l.append(&[entry(&v)])?;
+                            if a.first_lsn != seen + 1 {
+                                slipped_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            *l.attachment::<u64>().unwrap() = a.last_lsn;
+                            Ok(())
+                        })
+                        .unwrap();
+                    }
+                });
+            }
+            // Syncs keep I/O in flight outside the lock, which a roll waits for.
+            s.spawn(|| {
+                for _ in 0..300 {
+                    wal.sync().unwrap();
+                }
+            });
+        });
+        assert_eq!(
+            slipped_in.into_inner(),
+            0,
+            "[{}] appends came between a closure's start and its append",
+            env.name
+        );
+        assert_eq!(wal.last_lsn(), 900, "[{}]", env.name);
+        wal.close().unwrap();
+    }
+}
+
 #[test]
 fn segments_can_be_asked_for_ahead_of_a_reader_that_does_not_ask_itself() {
     for env in backends() {
