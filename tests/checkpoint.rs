@@ -518,6 +518,7 @@ fn a_failed_run_write_loses_nothing_and_is_retried() {
     );
     let before = snapshot(&e);
     sim.power_loss();
+    let io: Arc<dyn Io> = Arc::new(sim.restart());
     drop(e);
     // The runs written after each roll were not fdatasynced: the power loss may have dropped
     // or torn them, and the open replays what they covered instead.
@@ -528,6 +529,7 @@ fn a_failed_run_write_loses_nothing_and_is_retried() {
     // power loss, nothing is replayed.
     e.close().unwrap();
     sim.power_loss();
+    let io: Arc<dyn Io> = Arc::new(sim.restart());
     let e = Engine::open_with_io(io, "/db", cfg).unwrap();
     assert_eq!(e.open_report().segments_replayed, 0);
     assert_eq!(e.open_report().records_replayed, 0);
@@ -551,6 +553,7 @@ fn runs_lost_to_a_power_loss_are_replayed() {
         e.wal().sync().unwrap();
         let before = snapshot(&e);
         sim.power_loss();
+        let io: Arc<dyn Io> = Arc::new(sim.restart());
         drop(e);
         let e = Engine::open_with_io(io, "/db", cfg).unwrap();
         assert_eq!(snapshot(&e), before, "seed {seed}");
@@ -566,6 +569,7 @@ fn runs_lost_to_a_power_loss_are_replayed() {
         let before = snapshot(&e);
         e.close().unwrap();
         sim.power_loss();
+        let io: Arc<dyn Io> = Arc::new(sim.restart());
         let e = Engine::open_with_io(io, "/db", config()).unwrap();
         assert_eq!(e.open_report().segments_replayed, 0, "seed {seed}");
         assert_eq!(e.open_report().records_replayed, 0, "seed {seed}");
@@ -626,6 +630,7 @@ fn a_merge_keeps_the_runs_it_replaced_until_it_is_durable() {
             .collect();
         assert!(!merged.is_empty(), "seed {seed}: {files_before:?}");
         sim.power_loss();
+        let io: Arc<dyn Io> = Arc::new(sim.restart());
         lost_a_merge |= merged.iter().any(|(p, b)| sim.file_bytes(p) != *b);
         drop(e);
         let e = Engine::open_with_io(io.clone(), "/db", config()).unwrap();
@@ -724,6 +729,7 @@ fn a_tail_checkpoint_is_used_after_a_crash_and_the_replay_starts_after_it() {
     let active = e.wal().active_segment().unwrap();
     drop(e);
     sim.process_crash();
+    let io: Arc<dyn Io> = Arc::new(sim.restart());
 
     let e = Engine::open_with_io(io.clone(), "/db", cfg.clone()).unwrap();
     assert_eq!(snapshot(&e), before);
@@ -734,6 +740,7 @@ fn a_tail_checkpoint_is_used_after_a_crash_and_the_replay_starts_after_it() {
     );
     drop(e);
     sim.process_crash();
+    let io: Arc<dyn Io> = Arc::new(sim.restart());
 
     // A record the tail run covers, damaged: not read by the open, which starts after it.
     let seg = Path::new("/db").join(seglog::wal::format::segment_file_name(active));
@@ -745,6 +752,7 @@ fn a_tail_checkpoint_is_used_after_a_crash_and_the_replay_starts_after_it() {
     assert_eq!(e.open_report().records_replayed, 100);
     drop(e);
     sim.process_crash();
+    let io: Arc<dyn Io> = Arc::new(sim.restart());
     // Without the index, the open replays the whole active segment and finds the damage.
     for name in io.list_dir(Path::new("/db/index")).unwrap() {
         io.remove_file(&Path::new("/db/index").join(name)).unwrap();

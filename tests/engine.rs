@@ -81,7 +81,6 @@ fn assert_equal(e: &Engine, m: &Model, seed: u64) {
 
 fn run(seed: u64, ops: Vec<Op>) {
     let sim = SimIo::new(seed);
-    let io: Arc<dyn Io> = Arc::new(sim.clone());
     let config = Config {
         wal: WalConfig {
             fsync: FsyncPolicy::Always,
@@ -93,8 +92,10 @@ fn run(seed: u64, ops: Vec<Op>) {
             value_cache_mb: seed % 2,
         },
     };
+    // Each open is the next process (after a power loss, the last one's calls fail).
     let open = || {
-        Engine::open_with_io(io.clone(), "/db", config.clone())
+        let io: Arc<dyn Io> = Arc::new(sim.restart());
+        Engine::open_with_io(io, "/db", config.clone())
             .unwrap_or_else(|e| panic!("seed {seed}: open: {e}"))
     };
     let mut e = open();

@@ -7,8 +7,10 @@
 //!   any byte, the rest are lost (chosen by a seeded generator).
 //! - A directory entry (create, rename, remove) is durable only after `sync_dir` of its
 //!   directory. At power loss the directory reverts to its durable entries.
-//! - After power loss every handle opened before it fails with EIO; locks are released (the
-//!   process died).
+//! - Power loss and a process crash end the process: every handle opened before fails with
+//!   EIO, and so does every call through a `SimIo` made before (its background threads, still
+//!   running in the test, must not touch the disk the next process finds); locks are released.
+//!   The next process uses [`SimIo::restart`].
 //!
 //! Faults: the n-th next write or sync fails with EIO; the next write is torn after k bytes
 //! (the prefix lands, the call fails); writes beyond a byte budget fail with ENOSPC; fallocate
@@ -96,11 +98,15 @@ pub struct SimCounters {
     pub writes: AtomicU64,
 }
 
-/// The simulated file system. Cheap to clone: clones share the same state.
+/// The simulated file system. Cheap to clone: clones share the same state, and the process
+/// they stand for (see [`SimIo::restart`]).
 #[derive(Clone, Default)]
 pub struct SimIo {
     fs: Arc<Mutex<Fs>>,
     counters: Arc<SimCounters>,
+    /// The file system's generation when this process started: once a power loss or a crash
+    /// ends it, its calls fail.
+    generation: u64,
 }
 
 fn eio(what: &str) -> io::Error {
@@ -308,6 +314,27 @@ impl SimIo {
         io
     }
 
+    /// A handle for the process that starts after a power loss or a crash (the handles of the
+    /// process before fail from then on).
+    pub fn restart(&self) -> SimIo {
+        SimIo {
+            fs: self.fs.clone(),
+            counters: self.counters.clone(),
+            generation: self.fs.lock().generation,
+        }
+    }
+
+    /// The error for a call from a process that a power loss or a crash ended.
+    fn alive(&self, fs: &Fs) -> io::Result<()> {
+        if fs.generation == self.generation {
+            Ok(())
+        } else {
+            Err(eio(
+                "call from a process that a power loss or a crash ended",
+            ))
+        }
+    }
+
     /// Changes the injected faults.
     pub fn set_faults(&self, f: Faults) {
         self.fs.lock().faults = f;
@@ -419,6 +446,7 @@ impl SimIo {
         writable: bool,
     ) -> io::Result<Arc<dyn IoFile>> {
         let mut fs = self.fs.lock();
+        self.alive(&fs)?;
         let exists = fs.names.get(path).copied();
         let ino = match exists {
             Some(_) if must_be_new => return Err(io::Error::from(io::ErrorKind::AlreadyExists)),
@@ -471,6 +499,7 @@ impl Io for SimIo {
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut fs = self.fs.lock();
+        self.alive(&fs)?;
         let i = fs
             .names
             .remove(from)
@@ -480,6 +509,7 @@ impl Io for SimIo {
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut fs = self.fs.lock();
+        self.alive(&fs)?;
         fs.names
             .remove(path)
             .map(|_| ())
@@ -487,6 +517,7 @@ impl Io for SimIo {
     }
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
         let fs = self.fs.lock();
+        self.alive(&fs)?;
         if !fs.dirs.contains(dir) {
             return Err(io::Error::from(io::ErrorKind::NotFound));
         }
@@ -500,6 +531,7 @@ impl Io for SimIo {
     }
     fn create_dir(&self, dir: &Path) -> io::Result<()> {
         let mut fs = self.fs.lock();
+        self.alive(&fs)?;
         let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
         if !fs.dirs.contains(&parent) {
             return Err(io::Error::from(io::ErrorKind::NotFound));
@@ -511,14 +543,17 @@ impl Io for SimIo {
     }
     fn exists(&self, path: &Path) -> bool {
         let fs = self.fs.lock();
-        fs.names.contains_key(path) || fs.dirs.contains(path)
+        // A process that ended sees nothing (it cannot act on what it would see).
+        self.alive(&fs).is_ok() && (fs.names.contains_key(path) || fs.dirs.contains(path))
     }
     fn is_dir(&self, path: &Path) -> bool {
-        self.fs.lock().dirs.contains(path)
+        let fs = self.fs.lock();
+        self.alive(&fs).is_ok() && fs.dirs.contains(path)
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.counters.dir_syncs.fetch_add(1, Ordering::Relaxed);
         let mut fs = self.fs.lock();
+        self.alive(&fs)?;
         if Fs::countdown(&mut fs.faults.fail_dir_sync_in) {
             return Err(eio("directory fsync"));
         }
@@ -553,6 +588,7 @@ impl Io for SimIo {
     }
     fn lock_dir(&self, dir: &Path) -> io::Result<LockOutcome> {
         let mut fs = self.fs.lock();
+        self.alive(&fs)?;
         if !fs.locks.insert(dir.to_path_buf()) {
             return Ok(LockOutcome::Held(Some(std::process::id())));
         }

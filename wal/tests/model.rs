@@ -81,10 +81,11 @@ fn check_after_reopen(wal: &Wal, m: &mut Model, seed: u64) {
 
 fn run(seed: u64, policy: FsyncPolicy, ops: Vec<Op>) {
     let sim = SimIo::new(seed);
-    let io: Arc<dyn Io> = Arc::new(sim.clone());
     let c = config(policy, 4096);
+    // Each open is the next process (after a power loss or a crash, the last one's calls fail).
     let open = |m: &mut Model| {
-        let w = Wal::open_with_io(io.clone(), "/wal", c.clone())
+        let io: Arc<dyn Io> = Arc::new(sim.restart());
+        let w = Wal::open_with_io(io, "/wal", c.clone())
             .unwrap_or_else(|e| panic!("seed {seed}: open failed: {e}"));
         check_after_reopen(&w, m, seed);
         w

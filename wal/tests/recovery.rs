@@ -44,7 +44,8 @@ fn log(n: u64, close: bool) -> (SimIo, Arc<dyn Io>) {
         drop(wal);
         sim.process_crash();
     }
-    (sim, io)
+    // The next process (after a crash, the last one's calls fail).
+    (sim.clone(), Arc::new(sim.restart()))
 }
 
 fn segments(io: &Arc<dyn Io>) -> Vec<PathBuf> {
@@ -113,6 +114,7 @@ fn incomplete_batch_at_the_end_is_cut_whole() {
     assert_eq!(wal.append_batch(&batch).unwrap(), (2, 4));
     drop(wal);
     sim.process_crash();
+    let io: Arc<dyn Io> = Arc::new(sim.restart());
     // The batch's last frame is lost: records 2 and 3 are whole but their batch is not.
     let seg = segments(&io)[0].clone();
     let last = HEADER_LEN as u64 + 3 * frame();
@@ -212,6 +214,7 @@ fn a_seal_interrupted_before_the_cut_is_finished() {
     assert_eq!(durable_point(&sim, &sealed), None, "cleared");
     drop(wal);
     sim.power_loss();
+    let io: Arc<dyn Io> = Arc::new(sim.restart());
     // Sealed now and followed by another segment, its header holds no damage.
     let wal = Wal::open_with_io(io, DIR, cfg(RecoveryMode::Strict)).unwrap();
     assert_eq!(wal.last_lsn(), next);
@@ -288,6 +291,7 @@ fn tail_tolerant_keeps_the_log_up_to_a_gap_and_sets_the_rest_aside() {
     }
     drop(wal);
     sim.process_crash();
+    let io: Arc<dyn Io> = Arc::new(sim.restart());
     let wal = Wal::open_with_io(io, DIR, cfg(RecoveryMode::Strict)).unwrap();
     assert_eq!(lsns(&wal), (1..=end + 200).collect::<Vec<_>>());
     assert!(wal.recovery_report().dropped_segments.is_empty());
@@ -349,6 +353,7 @@ fn recovery_starts_at_the_durable_point_and_readers_report_damage_before_it() {
     assert_eq!(read.len(), 2, "nothing past the damage");
     drop(wal);
     sim.process_crash();
+    let io: Arc<dyn Io> = Arc::new(sim.restart());
 
     // The same damage with no durable point: the open scans it and refuses.
     sim.put_file_bytes(&seg, before);
@@ -372,6 +377,7 @@ fn a_damaged_or_out_of_range_durable_point_is_not_used() {
     assert_eq!(lsns(&wal), (1..=40).collect::<Vec<_>>());
     drop(wal);
     sim.process_crash();
+    let io: Arc<dyn Io> = Arc::new(sim.restart());
     let len = sim.file_bytes(&seg).unwrap().len() as u64;
     let far = DurablePoint {
         records_end: len + 8,
@@ -534,6 +540,7 @@ fn after_a_clean_close_appends_continue_the_log() {
     assert_eq!(wal.append(Entry::new(b"k", &value(9))).unwrap(), 9);
     drop(wal);
     sim.process_crash();
+    let io: Arc<dyn Io> = Arc::new(sim.restart());
     // A crash leaves no marker: this open scans every frame, and finds them all sound.
     let wal = Wal::open_with_io(io.clone(), DIR, cfg(RecoveryMode::Strict)).unwrap();
     assert_eq!(wal.recovery_report().torn_tail, None);

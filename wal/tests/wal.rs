@@ -210,6 +210,7 @@ fn failed_fsync_poisons_until_reopen_and_durable_records_survive() {
     assert!(matches!(wal.sync(), Err(Error::Poisoned { .. })));
     drop(wal);
     sim.power_loss();
+    let io: std::sync::Arc<dyn seglog_wal::Io> = std::sync::Arc::new(sim.restart());
     let wal = Wal::open_with_io(io, "/d", c).unwrap();
     let got = read_all(&wal);
     assert!(got.len() >= 5 && got.len() <= 6, "{got:?}");
@@ -308,6 +309,7 @@ fn data_directory_creation_is_durable() {
     wal.append(entry(b"x")).unwrap();
     drop(wal);
     sim.power_loss();
+    let io: std::sync::Arc<dyn seglog_wal::Io> = std::sync::Arc::new(sim.restart());
     let wal = Wal::open_with_io(io, "/a/b/data", c).unwrap();
     assert_eq!(read_all(&wal), vec![(1, b"x".to_vec())]);
 }
@@ -713,5 +715,45 @@ fn a_reader_starts_at_a_frame_found_inside_a_segment() {
             other => panic!("[{}] {other:?}", env.name),
         }
         wal.close().unwrap();
+    }
+}
+
+/// The simulated file system ends the process at a power loss or a crash: every call through a
+/// handle made before fails (the engine's background threads run on in a test, and must not
+/// change what the next process finds), and `restart` gives the next process its handle.
+#[test]
+fn a_process_ended_by_a_power_loss_or_a_crash_no_longer_touches_the_disk() {
+    use seglog_wal::Io;
+    use std::path::Path;
+    let sim = seglog_wal::sim::SimIo::new(3);
+    let dir = Path::new("/d");
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    sim.create_dir(dir).unwrap();
+    sim.sync_dir(Path::new("/")).unwrap();
+    for crash in [false, true] {
+        let old = sim.restart();
+        let f = old.create_truncate(&a).unwrap();
+        f.write_at(b"kept", 0).unwrap();
+        f.sync_data().unwrap();
+        old.sync_dir(dir).unwrap();
+        if crash {
+            sim.process_crash();
+        } else {
+            sim.power_loss();
+        }
+        assert!(old.create_truncate(&b).is_err());
+        assert!(old.open_read(&a).is_err());
+        assert!(old.rename(&a, &b).is_err());
+        assert!(old.remove_file(&a).is_err());
+        assert!(old.list_dir(dir).is_err());
+        assert!(old.sync_dir(dir).is_err());
+        assert!(old.create_dir(&dir.join("sub")).is_err());
+        assert!(!old.exists(&a));
+        assert!(f.write_at(b"lost", 0).is_err());
+        let new = sim.restart();
+        assert_eq!(new.list_dir(dir).unwrap(), vec!["a".to_string()]);
+        let mut buf = [0u8; 4];
+        assert_eq!(new.open_read(&a).unwrap().read_at(&mut buf, 0).unwrap(), 4);
+        assert_eq!(&buf, b"kept");
     }
 }
