@@ -12,7 +12,9 @@
 //!   [`crate::unapplied`]); the queue is applied to the index under its write lock, whole.
 //! - A conditional write (or one carrying an epoch, or a fence) holds the index's write lock
 //!   and, inside it, the log's append lock while it applies the queue, checks its conditions
-//!   against that state and appends: no other write can come between its check and its append.
+//!   against that state and appends: no other write can come between its check and its append
+//!   (`Wal::exclusive` starts its closure only once a roll in progress has ended, so that an
+//!   append waiting for a roll cannot let another in).
 //! - A read sees every write that returned before it started: it applies the queue first when
 //!   changes are queued (`queued` above `applied`).
 //! - The wait for durability happens after the locks are released, so concurrent writers
