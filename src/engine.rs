@@ -47,7 +47,7 @@ use seglog_wal::{Appended, Durability, Entry, Io, Locked, Wal};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 
 /// The checkpointer thread's nice value: the lowest priority. It writes a segment's index run
 /// at each roll (walking the frozen memtable's table in hash order, building and writing about
@@ -117,6 +117,21 @@ pub struct Engine {
     background: Mutex<Vec<(&'static str, std::thread::JoinHandle<()>)>>,
     /// Held while index runs are written or merged (shared with the checkpointer thread).
     checkpoint_lock: Arc<Mutex<()>>,
+    /// The index directory's clean-up after open (see [`clean_index_dir`]), done once.
+    index_cleaned: Arc<Once>,
+}
+
+/// Removes what the index directory holds and no layer uses (see `index::remove_unused`), the
+/// first time it is called after open; later callers wait for that first call to end. The
+/// checkpointer does it when it starts; `checkpoint_now` too, so that after it returns the
+/// directory holds the runs in use and nothing else from before the open, whichever thread got
+/// there first. Not being able to clean costs disk space, not correctness: a warning.
+fn clean_index_dir(once: &Once, wal: &Wal, state: &RwLock<Index>, lock: &Mutex<()>) {
+    once.call_once(|| {
+        if let Err(e) = index::remove_unused(wal, state, lock) {
+            tracing::warn!(error = %e, "could not clean the index directory");
+        }
+    });
 }
 
 /// What the engine shares with its applier thread.
@@ -378,6 +393,8 @@ impl Engine {
         let worker_state = state.clone();
         let checkpoint_lock = Arc::new(Mutex::new(()));
         let worker_lock = checkpoint_lock.clone();
+        let index_cleaned = Arc::new(Once::new());
+        let worker_cleaned = index_cleaned.clone();
         let backlog = state.read().backlog();
         let checkpointer = std::thread::Builder::new()
             .name("seglog-checkpointer".into())
@@ -388,9 +405,7 @@ impl Engine {
                 // (see `CHECKPOINTER_NICE`).
                 crate::mapped::lower_thread_priority(CHECKPOINTER_NICE);
                 crate::run::reuse_buffers_on_this_thread();
-                if let Err(e) = index::remove_unused(wal, state, lock) {
-                    tracing::warn!(error = %e, "could not clean the index directory");
-                }
+                clean_index_dir(&worker_cleaned, wal, state, lock);
                 // Cleared however this thread ends (see `index::Backlog`).
                 let _writing = backlog.writing_until_dropped();
                 // Runs replayed at open are written at once; later work comes with each roll,
@@ -471,6 +486,7 @@ impl Engine {
                 ("spare-map", spare_stocker),
             ]),
             checkpoint_lock,
+            index_cleaned,
         })
     }
 
@@ -480,12 +496,20 @@ impl Engine {
     }
 
     /// Writes, now, the index runs (checkpoints) of every sealed segment that has none yet and
-    /// merges run files of comparable size. Returns how many run files it wrote. (A background
+    /// merges run files of comparable size, after removing what the index directory held from
+    /// before the open and no layer uses. Returns how many run files it wrote. (A background
     /// thread does this after every roll; tests and benchmarks call it to know the work is done.)
     /// As there, the runs are not fdatasynced: a power loss may cost replaying their segments
     /// at the next open, never a wrong index; [`Engine::sync_index`] and `close` make them
     /// durable (see docs/durability.md).
     pub fn checkpoint_now(&self) -> Result<usize> {
+        let core = &*self.core;
+        clean_index_dir(
+            &self.index_cleaned,
+            &core.wal,
+            &core.state,
+            &self.checkpoint_lock,
+        );
         // Queued changes may hold a roll: applied, its memtable is frozen and written below.
         drop(self.core.fresh());
         index::maintain(&self.core.wal, &self.core.state, &self.checkpoint_lock)
