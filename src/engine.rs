@@ -511,8 +511,8 @@ impl Engine {
             &self.checkpoint_lock,
         );
         // Queued changes may hold a roll: applied, its memtable is frozen and written below.
-        drop(self.core.fresh());
-        index::maintain(&self.core.wal, &self.core.state, &self.checkpoint_lock)
+        drop(core.fresh());
+        index::maintain(&core.wal, &core.state, &self.checkpoint_lock)
     }
 
     /// Writes the index of the active segment so far as a run (after making the log durable
