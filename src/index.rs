@@ -234,16 +234,22 @@ impl Backlog {
         self.frozen.load(Ordering::Acquire)
     }
 
+    #[inline]
     fn over(&self) -> bool {
         self.frozen() > MAX_FROZEN_MEMTABLES && self.writing.load(Ordering::Acquire)
     }
 
     /// Returns once at most [`MAX_FROZEN_MEMTABLES`] memtables wait (or the checkpointer is
     /// not writing); `nudge` wakes the checkpointer, called before each wait.
+    #[inline]
     pub(crate) fn wait_for_room(&self, nudge: impl Fn()) {
-        if !self.over() {
-            return;
+        if self.over() {
+            self.wait_for_room_slow(nudge);
         }
+    }
+
+    #[cold]
+    fn wait_for_room_slow(&self, nudge: impl Fn()) {
         let mut g = self.lock.lock();
         while self.over() {
             nudge();
