@@ -326,6 +326,16 @@ impl KeyMap {
         if let Some(k) = self.keys.spare_capacity_mut().get(512) {
             crate::mapped::prefetch(k);
         }
+        // Its cell is settled with the next [`PENDING`] changes or so: asked for now, it is in
+        // cache by then. So is the cache line after it (a line holds two cells): at the
+        // table's fill, the probe often goes on into it.
+        let at = home(hash, self.cells.len());
+        for c in [self.cells.get(at), self.cells.get((at | 1) + 1)]
+            .into_iter()
+            .flatten()
+        {
+            crate::mapped::prefetch_for_write(c);
+        }
         self.pending.push(Cell::new(hash, start, len, val));
         if self.pending.len() >= PENDING {
             self.settle();
