@@ -1178,11 +1178,8 @@ fn io_err(op: &'static str, p: &Path, e: std::io::Error) -> seglog_wal::Error {
 /// [`write_run`] for when that is enough). Returns its path.
 fn write_index_file(wal: &Wal, name: &str, bytes: &[u8], sync_data: bool) -> Result<PathBuf> {
     let io: &dyn Io = &**wal.io();
-    let dir = wal.dir().join(INDEX_DIR);
-    seglog_wal::io::create_dir_durable(io, &dir)
-        .map_err(|e| io_err("create directory", &dir, e))?;
-    let dst = dir.join(name);
-    let tmp = dir.join(format!("{name}.tmp"));
+    let dir = index_dir(wal)?;
+    let tmp = dir.join(temporary_name(name));
     let f = io
         .create_truncate(&tmp)
         .map_err(|e| io_err("create", &tmp, e))?;
@@ -1191,6 +1188,28 @@ fn write_index_file(wal: &Wal, name: &str, bytes: &[u8], sync_data: bool) -> Res
         f.sync_data().map_err(|e| io_err("fdatasync", &tmp, e))?;
     }
     drop(f);
+    rename_into_place(wal, name)
+}
+
+/// The index directory, created (durably) when missing.
+fn index_dir(wal: &Wal) -> Result<PathBuf> {
+    let dir = wal.dir().join(INDEX_DIR);
+    seglog_wal::io::create_dir_durable(&**wal.io(), &dir)
+        .map_err(|e| io_err("create directory", &dir, e))?;
+    Ok(dir)
+}
+
+/// The name an index file is written under before it is renamed to `name`.
+fn temporary_name(name: &str) -> String {
+    format!("{name}.tmp")
+}
+
+/// Renames the written temporary of the index file `name` into place and fsyncs the
+/// directory; returns the file's path.
+fn rename_into_place(wal: &Wal, name: &str) -> Result<PathBuf> {
+    let io: &dyn Io = &**wal.io();
+    let dir = wal.dir().join(INDEX_DIR);
+    let (tmp, dst) = (dir.join(temporary_name(name)), dir.join(name));
     io.rename(&tmp, &dst)
         .map_err(|e| io_err("rename", &tmp, e))?;
     io.sync_dir(&dir)
@@ -1254,16 +1273,41 @@ fn load_seed(wal: &Wal) -> u64 {
 ///   raw appends (median 1.34) with merged runs fdatasynced and flushed runs' writeback
 ///   started, and 1.07-1.17 times (median 1.14) with neither (8 rounds, alternating).
 fn write_run(wal: &Wal, meta: RunMeta, bytes: Vec<u8>, sync_data: bool) -> Result<Run> {
-    let err = io_err;
     let name = run::file_name(meta.first_lsn, meta.last_lsn);
     let dst = write_index_file(wal, &name, &bytes, sync_data)?;
     let backing = if wal.files_are_real() {
-        let map = crate::mapped::map_file(&dst).map_err(|e| err("mmap", &dst, e))?;
+        let map = crate::mapped::map_file(&dst).map_err(|e| io_err("mmap", &dst, e))?;
         run::recycle(bytes);
         Backing::Map(map)
     } else {
         Backing::Heap(bytes)
     };
+    open_written(backing, dst, sync_data)
+}
+
+/// As [`write_run`] for a run built in its temporary file ([`run::Spill`]): `file` is
+/// that file, written.
+fn install_built_run(
+    wal: &Wal,
+    meta: RunMeta,
+    file: std::fs::File,
+    sync_data: bool,
+) -> Result<Run> {
+    let name = run::file_name(meta.first_lsn, meta.last_lsn);
+    if sync_data {
+        file.sync_data().map_err(|e| {
+            let tmp = wal.dir().join(INDEX_DIR).join(temporary_name(&name));
+            io_err("fdatasync", &tmp, e)
+        })?;
+    }
+    drop(file);
+    let dst = rename_into_place(wal, &name)?;
+    let map = crate::mapped::map_file(&dst).map_err(|e| io_err("mmap", &dst, e))?;
+    open_written(Backing::Map(map), dst, sync_data)
+}
+
+/// The run just written at `dst`, parsed from `backing` (its bytes).
+fn open_written(backing: Backing, dst: PathBuf, sync_data: bool) -> Result<Run> {
     let run = Run::parse(backing, Some(dst.clone()), true).ok_or_else(|| {
         crate::Error::Index(format!(
             "the run {} just written does not parse",
@@ -1283,11 +1327,12 @@ fn write_run(wal: &Wal, meta: RunMeta, bytes: Vec<u8>, sync_data: bool) -> Resul
 fn merge_layers(
     group: &[Layer],
     drop_tombstones: bool,
+    spill: Option<run::Spill<'_>>,
     between: &mut dyn FnMut() -> Result<()>,
 ) -> Result<Option<RunBuilder>> {
     let entries: usize = group.iter().map(Layer::len).sum();
     let key_bytes: usize = group.iter().map(Layer::key_bytes).sum();
-    let mut b = RunBuilder::with_capacity(entries, key_bytes);
+    let mut b = RunBuilder::with_capacity_in(entries, key_bytes, spill);
     let runs: Option<Vec<&Run>> = group
         .iter()
         .map(|l| match l {
@@ -1433,10 +1478,22 @@ fn replace(
         end,
         seed: state.read().seed,
     };
-    let Some(b) = merge_layers(group, drop_tombstones, between)? else {
+    // On real files, a run larger than a segment or than the builder's kept buffer is built
+    // in its file (see `run::Spill`), so that a merge's memory does not grow with the index.
+    // (With small segments, as in the tests, most merges are built that way.)
+    let name = run::file_name(meta.first_lsn, meta.last_lsn);
+    let tmp = match wal.files_are_real() {
+        true => Some(index_dir(wal)?.join(temporary_name(&name))),
+        false => None,
+    };
+    let above = usize::try_from(state.read().segment_bytes)
+        .unwrap_or(usize::MAX)
+        .min(run::MAX_KEPT_BUFFER);
+    let spill = tmp.as_deref().map(|path| run::Spill { path, above });
+    let Some(b) = merge_layers(group, drop_tombstones, spill, between)? else {
         return Ok(false);
     };
-    let bytes = b.finish(meta).ok_or_else(unfit)?;
+    let built = b.finish_built(meta).ok_or_else(unfit)?;
     // The files of the group, and those its runs still keep (see `Run::retire`): removed once
     // the new run is durable, at once when it is synced now.
     let replaced: Vec<PathBuf> = group
@@ -1452,7 +1509,14 @@ fn replace(
                 .chain(r.retired())
         })
         .collect();
-    let written = write_run(wal, meta, bytes, sync_data)?;
+    let written = match built {
+        run::Built::Heap(bytes) => write_run(wal, meta, bytes, sync_data)?,
+        run::Built::File(file) => {
+            let file =
+                file.map_err(|e| io_err("write", tmp.as_deref().unwrap_or(Path::new(&name)), e))?;
+            install_built_run(wal, meta, file, sync_data)?
+        }
+    };
     if !sync_data {
         written.retire(replaced.clone());
     }

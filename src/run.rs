@@ -44,9 +44,12 @@
 //! # Invariants
 //! - A run file is written whole to a temporary name, renamed into place and its directory
 //!   fsynced (fdatasynced before the rename only at a clean close; the others later, see
-//!   `index::write_run`); it is never modified afterwards, only unlinked once a merged run that
-//!   covers it is durable (or once it was found damaged and its range replayed). That is what
-//!   makes mapping it sound (see [`crate::mapped`]).
+//!   `index::write_run`). A run larger than the builder's kept buffer (or than a segment) is
+//!   built in that temporary file itself, through a writable map that is dropped before the
+//!   file is cut to size and renamed ([`Spill`], `mapped::BuildMap`): a merge's memory does
+//!   not grow with the index. A run file is never modified after its rename, only unlinked
+//!   once a merged run that covers it is durable (or once it was found damaged and its range
+//!   replayed). That is what makes mapping it sound (see [`crate::mapped`]).
 //! - A run file is used only when its block checksums and header hold and the log has its end:
 //!   either a sealed segment ends at `last_lsn` with the footer chain value the run recorded,
 //!   or (a run written at close, ending inside the active segment) the record `last_lsn` is at
@@ -470,7 +473,7 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 
 /// Largest buffer [`reuse_buffers_on_this_thread`] keeps: a segment's run is about 14 MiB
 /// with 20-byte keys, and runs merged from a few segments' fit too; larger merges allocate.
-const MAX_KEPT_BUFFER: usize = 64 << 20;
+pub(crate) const MAX_KEPT_BUFFER: usize = 64 << 20;
 
 /// A thread's buffers for building runs, kept between runs (see
 /// [`reuse_buffers_on_this_thread`]).
@@ -513,7 +516,7 @@ pub(crate) fn recycle(bytes: Vec<u8>) {
 /// (when fewer entries came than announced) and never copies the run.
 pub(crate) struct RunBuilder {
     /// The run: header (written by `finish`), room for `room` entries, then the keys.
-    buf: Vec<u8>,
+    buf: Buf,
     /// Entries there is room for before the keys.
     room: usize,
     /// Entries pushed.
@@ -524,6 +527,98 @@ pub(crate) struct RunBuilder {
     live_key_len: usize,
     /// Set when a pushed change did not fit an entry (see [`RunBuilder::finish`]).
     unfit: bool,
+}
+
+/// Where a [`RunBuilder`] builds the run: a heap buffer, or the run file's temporary through a
+/// writable map (see [`Spill`]).
+enum Buf {
+    Heap(Vec<u8>),
+    /// The first `len` bytes of the map are the buffer's.
+    Map {
+        map: mapped::BuildMap,
+        len: usize,
+    },
+}
+
+impl Buf {
+    fn len(&self) -> usize {
+        match self {
+            Buf::Heap(v) => v.len(),
+            Buf::Map { len, .. } => *len,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Buf::Heap(v) => v,
+            // `len` never exceeds the map's length (`resize` grows the map first).
+            Buf::Map { map, len } => &map.bytes()[..*len],
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Buf::Heap(v) => v,
+            Buf::Map { map, len } => &mut map.bytes_mut()[..*len],
+        }
+    }
+
+    /// Makes the buffer `new_len` bytes long, new bytes zero. A map that cannot grow (the disk
+    /// is full) is given up for a heap buffer with the same bytes: the build goes on, and
+    /// writing the run then reports the error.
+    fn resize(&mut self, new_len: usize) {
+        match self {
+            Buf::Heap(v) => v.resize(new_len, 0),
+            Buf::Map { map, len } => {
+                if new_len > map.bytes().len() {
+                    if let Err(e) = map.grow(new_len.saturating_add(new_len / 4)) {
+                        tracing::warn!(error = %e, "cannot grow a run file being built; building it in memory");
+                        let mut v = map.bytes()[..*len].to_vec();
+                        v.resize(new_len, 0);
+                        *self = Buf::Heap(v);
+                        return;
+                    }
+                }
+                if new_len > *len {
+                    // Bytes past `len` may hold what a `truncate` left.
+                    map.bytes_mut()[*len..new_len].fill(0);
+                }
+                *len = new_len;
+            }
+        }
+    }
+
+    fn truncate(&mut self, new_len: usize) {
+        match self {
+            Buf::Heap(v) => v.truncate(new_len),
+            Buf::Map { len, .. } => *len = (*len).min(new_len),
+        }
+    }
+
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        let at = self.len();
+        self.resize(at + bytes.len());
+        self.bytes_mut()[at..].copy_from_slice(bytes);
+    }
+}
+
+/// Where a large run is built: in its file's temporary, `path`, when the run needs more than
+/// `above` bytes (see [`mapped::BuildMap`]). The index gives it for the runs it writes to
+/// files, with `above` the smaller of [`MAX_KEPT_BUFFER`] and the segment size: the anonymous
+/// memory a flush or merge takes is then at most that, whatever the size of the index (a
+/// merge of the largest runs is about the whole index).
+#[derive(Clone, Copy)]
+pub(crate) struct Spill<'a> {
+    pub(crate) path: &'a Path,
+    pub(crate) above: usize,
+}
+
+/// A finished run (see [`RunBuilder::finish_built`]).
+pub(crate) enum Built {
+    /// Its bytes.
+    Heap(Vec<u8>),
+    /// Its bytes in the [`Spill`] file, cut to size, not synced; or the error that ended them.
+    File(std::io::Result<std::fs::File>),
 }
 
 /// The header fields a finished run carries.
@@ -549,9 +644,29 @@ impl RunBuilder {
     /// writes the header). Else allocated zeroed and whole: the allocator hands out fresh
     /// zeroed pages untouched, so room left unused costs address space, not memory.
     pub(crate) fn with_capacity(entries: usize, key_bytes: usize) -> RunBuilder {
+        RunBuilder::with_capacity_in(entries, key_bytes, None)
+    }
+
+    /// As [`RunBuilder::with_capacity`], but a run larger than `spill.above` is built in
+    /// `spill.path` (when that file can be created with its blocks; else in memory).
+    pub(crate) fn with_capacity_in(
+        entries: usize,
+        key_bytes: usize,
+        spill: Option<Spill<'_>>,
+    ) -> RunBuilder {
         let body = HEADER_LEN + entries * ENTRY_LEN + key_bytes;
         // With the checksum table and trailer: `finish` then never reallocates.
         let len = body + body.div_ceil(CHECKED_BLOCK) * 4 + 4;
+        if let Some(spill) = spill.filter(|s| len > s.above) {
+            match mapped::BuildMap::create(spill.path, len) {
+                // A new file reads as zeros: the buffer starts as `vec![0; len]` would.
+                Ok(map) => return RunBuilder::new(Buf::Map { map, len }, entries),
+                Err(e) => tracing::warn!(
+                    path = %spill.path.display(), error = %e,
+                    "cannot build a run in its file; building it in memory"
+                ),
+            }
+        }
         let kept = KEPT.with(|k| {
             let mut k = k.borrow_mut();
             if k.run.capacity() >= len {
@@ -568,9 +683,13 @@ impl RunBuilder {
         } else {
             vec![0u8; len]
         };
+        RunBuilder::new(Buf::Heap(buf), entries)
+    }
+
+    fn new(buf: Buf, room: usize) -> RunBuilder {
         RunBuilder {
             buf,
-            room: entries,
+            room,
             n: 0,
             key_len: 0,
             live_key_len: 0,
@@ -598,9 +717,9 @@ impl RunBuilder {
         let at = self.keys_at() + off;
         let end = at + bytes.len();
         if end > self.buf.len() {
-            self.buf.resize(end, 0);
+            self.buf.resize(end);
         }
-        self.buf[at..end].copy_from_slice(bytes);
+        self.buf.bytes_mut()[at..end].copy_from_slice(bytes);
         self.key_len += bytes.len();
         off
     }
@@ -641,8 +760,9 @@ impl RunBuilder {
             let more = self.room.max(64);
             let from = self.keys_at();
             let buf_len = self.buf.len();
-            self.buf.resize(buf_len + more * ENTRY_LEN, 0);
+            self.buf.resize(buf_len + more * ENTRY_LEN);
             self.buf
+                .bytes_mut()
                 .copy_within(from..from + self.key_len, from + more * ENTRY_LEN);
             self.room += more;
         }
@@ -656,7 +776,7 @@ impl RunBuilder {
             self.unfit = true;
         }
         let at = HEADER_LEN + self.n * ENTRY_LEN;
-        self.buf[at..at + ENTRY_LEN].copy_from_slice(&e);
+        self.buf.bytes_mut()[at..at + ENTRY_LEN].copy_from_slice(&e);
         self.live_key_len += len;
         self.n += 1;
         debug_assert!(
@@ -679,36 +799,57 @@ impl RunBuilder {
     /// Rewrites the key heap with only the keys the entries point to, in entry order (when
     /// most of it is no key's: a merge's inputs' heaps are copied whole, keys superseded in
     /// the merge included).
+    ///
+    /// The new heap is written past the old one, in the buffer itself (no second buffer as
+    /// large as the keys: a spilled run's buffer is its file), then moved down over it.
     fn compact_keys(&mut self) {
         let keys_at = self.keys_at();
-        let mut heap = Vec::with_capacity(self.live_key_len);
+        let new_at = keys_at + self.key_len;
+        self.buf.resize(new_at + self.live_key_len);
+        let buf = self.buf.bytes_mut();
+        let mut new_len = 0usize;
         for i in 0..self.n {
             let at = HEADER_LEN + i * ENTRY_LEN;
-            let Some((off, len)) = key_place(&self.buf[at..at + ENTRY_LEN]) else {
+            let Some((off, len)) = key_place(&buf[at..at + ENTRY_LEN]) else {
                 continue;
             };
-            let new_off = heap.len() as u64;
-            heap.extend_from_slice(&self.buf[keys_at + off..keys_at + off + len]);
-            self.buf[at + 8..at + 13].copy_from_slice(&new_off.to_le_bytes()[..5]);
+            // Every entry's key lies in the heap (`push_entry` marks the run unfit otherwise,
+            // and an unfit run is never finished), and their lengths add up to
+            // `live_key_len`: both ranges are in the buffer.
+            buf.copy_within(keys_at + off..keys_at + off + len, new_at + new_len);
+            buf[at + 8..at + 13].copy_from_slice(&(new_len as u64).to_le_bytes()[..5]);
+            new_len += len;
         }
-        self.buf[keys_at..keys_at + heap.len()].copy_from_slice(&heap);
-        self.buf.truncate(keys_at + heap.len());
-        self.key_len = heap.len();
+        buf.copy_within(new_at..new_at + new_len, keys_at);
+        self.buf.truncate(keys_at + new_len);
+        self.key_len = new_len;
     }
 
     /// Entry `i`'s hash and key (while building).
     fn hash_key(&self, i: usize) -> Option<(u64, &[u8])> {
         let at = HEADER_LEN + i * ENTRY_LEN;
-        let e = self.buf.get(at..at + ENTRY_LEN)?;
+        let e = self.buf.bytes().get(at..at + ENTRY_LEN)?;
         let (off, len) = key_place(e)?;
         let k = self.keys_at() + off;
-        Some((u64_at(e, 0)?, self.buf.get(k..k + len)?))
+        Some((u64_at(e, 0)?, self.buf.bytes().get(k..k + len)?))
     }
 
     /// The run's bytes; `None` when a pushed change did not fit an entry: a key heap past
     /// 1 TiB, or a record more than 2^32 LSNs past its segment's first or 4 GiB into it (a
     /// log never writes one).
-    pub(crate) fn finish(mut self, meta: RunMeta) -> Option<Vec<u8>> {
+    ///
+    /// For a builder that may spill ([`RunBuilder::with_capacity_in`]), use
+    /// [`RunBuilder::finish_built`]: this one answers `None` for a run built in a file.
+    pub(crate) fn finish(self, meta: RunMeta) -> Option<Vec<u8>> {
+        match self.finish_built(meta)? {
+            Built::Heap(bytes) => Some(bytes),
+            Built::File(_) => None,
+        }
+    }
+
+    /// The finished run, in memory or in its [`Spill`] file; `None` when it is unfit (see
+    /// [`RunBuilder::finish`]).
+    pub(crate) fn finish_built(mut self, meta: RunMeta) -> Option<Built> {
         if self.unfit {
             return None;
         }
@@ -722,7 +863,9 @@ impl RunBuilder {
         let keys_at = HEADER_LEN + n * ENTRY_LEN;
         let from = self.keys_at();
         if from != keys_at {
-            self.buf.copy_within(from..from + self.key_len, keys_at);
+            self.buf
+                .bytes_mut()
+                .copy_within(from..from + self.key_len, keys_at);
         }
         self.buf.truncate(keys_at + self.key_len);
         let mut h = Vec::with_capacity(HEADER_LEN);
@@ -739,18 +882,20 @@ impl RunBuilder {
         let end = meta.end.unwrap_or_default();
         h.extend_from_slice(&end.segment.to_le_bytes());
         h.extend_from_slice(&end.offset.to_le_bytes());
-        self.buf[..HEADER_LEN].copy_from_slice(&h);
+        self.buf.bytes_mut()[..HEADER_LEN].copy_from_slice(&h);
         let body_len = self.buf.len();
-        self.buf
-            .reserve_exact(body_len.div_ceil(CHECKED_BLOCK) * 4 + 4);
-        for i in 0..body_len.div_ceil(CHECKED_BLOCK) {
-            let block = &self.buf[i * CHECKED_BLOCK..body_len.min((i + 1) * CHECKED_BLOCK)];
-            let crc = crc32c::crc32c(block);
-            self.buf.extend_from_slice(&crc.to_le_bytes());
+        let blocks = body_len.div_ceil(CHECKED_BLOCK);
+        let mut sums = Vec::with_capacity(blocks * 4 + 4);
+        for block in self.buf.bytes().chunks(CHECKED_BLOCK) {
+            sums.extend_from_slice(&crc32c::crc32c(block).to_le_bytes());
         }
-        let crc = crc32c::crc32c(&self.buf[body_len..]);
-        self.buf.extend_from_slice(&crc.to_le_bytes());
-        Some(self.buf)
+        let crc = crc32c::crc32c(&sums);
+        sums.extend_from_slice(&crc.to_le_bytes());
+        self.buf.extend_from_slice(&sums);
+        Some(match self.buf {
+            Buf::Heap(bytes) => Built::Heap(bytes),
+            Buf::Map { map, len } => Built::File(map.finish(len)),
+        })
     }
 }
 
@@ -1570,7 +1715,163 @@ mod tests {
             let live_bytes: usize = want.iter().map(|(_, k, _)| k.len()).sum();
             prop_assert_eq!(got, want);
             prop_assert!(run.key_bytes() <= 2 * live_bytes + CHECKED_BLOCK);
+
+            // Built in its file instead (as the index builds runs larger than its kept
+            // buffer), room announced as `index::merge_layers` does: the same bytes.
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let path = dir.path().join("merged.run.tmp");
+            let entries: usize = built.iter().map(Run::len).sum();
+            let key_bytes: usize = built.iter().map(Run::key_bytes).sum();
+            let mut spilled = RunBuilder::with_capacity_in(entries, key_bytes, Some(Spill { path: &path, above: 0 }));
+            prop_assert_eq!(merge_runs(&refs, drop_tombstones, &mut spilled, every, &mut || true), Some(true));
+            let Some(Built::File(Ok(file))) = spilled.finish_built(meta) else {
+                return Err(TestCaseError::fail("the spilled run was not built in its file"));
+            };
+            drop(file);
+            prop_assert_eq!(std::fs::read(&path).expect("read the spilled run"), run.backing.bytes().to_vec());
         }
+    }
+
+    /// The bytes of the run built by `build` in memory, and in a file through a map (from an
+    /// empty announcement, so that the map grows many times).
+    fn built_both_ways(build: impl Fn(&mut RunBuilder)) -> (Vec<u8>, Vec<u8>) {
+        let meta = RunMeta {
+            first_lsn: 1,
+            last_lsn: 9,
+            chain_crc: 7,
+            epoch: 3,
+            end: None,
+            seed: 5,
+        };
+        let mut heap = RunBuilder::with_capacity(0, 0);
+        build(&mut heap);
+        let heap = heap.finish(meta).expect("fits");
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("run.tmp");
+        let mut mapped = RunBuilder::with_capacity_in(
+            0,
+            0,
+            Some(Spill {
+                path: &path,
+                above: 0,
+            }),
+        );
+        assert!(
+            matches!(mapped.buf, Buf::Map { .. }),
+            "the builder maps its file"
+        );
+        build(&mut mapped);
+        let Some(Built::File(Ok(file))) = mapped.finish_built(meta) else {
+            panic!("the run was not built in its file");
+        };
+        drop(file);
+        (heap, std::fs::read(&path).expect("read the built run"))
+    }
+
+    #[test]
+    fn a_run_built_in_its_file_is_the_run_built_in_memory() {
+        let key = |i: u64| format!("key-{i:08}").into_bytes();
+        let val = |i: u64| {
+            (!i.is_multiple_of(3)).then_some(Slot {
+                version: 10 + i,
+                location: Location {
+                    segment: 10,
+                    offset: 64 * i,
+                },
+            })
+        };
+        // More entries than announced: the keys move up again and again.
+        let (heap, file) = built_both_ways(|b| {
+            for i in 0..5000u64 {
+                b.push(i << 20, &key(i), val(i));
+            }
+        });
+        assert_eq!(file, heap);
+        let run = Run::parse(Backing::Heap(file), None, false).expect("parses");
+        assert_eq!(run.len(), 5000);
+        assert_eq!(
+            run.iter()
+                .nth(4321)
+                .map(|(h, k, v)| (h, k.get().to_vec(), v)),
+            Some((4321 << 20, key(4321), val(4321)))
+        );
+
+        // A heap that is mostly no key's: compacted at the finish, in the file as in memory.
+        let (heap, file) = built_both_ways(|b| {
+            b.add_heap(&[0xAB; 50_000]);
+            for i in 0..100u64 {
+                b.push(i, &key(i), val(i));
+            }
+        });
+        assert_eq!(file, heap);
+        let run = Run::parse(Backing::Heap(file), None, false).expect("parses");
+        assert_eq!(run.key_bytes(), 100 * key(0).len());
+        assert_eq!(
+            run.iter()
+                .map(|(_, k, _)| k.get().to_vec())
+                .collect::<Vec<_>>(),
+            (0..100).map(key).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_run_abandoned_while_built_in_its_file_leaves_no_file() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("run.tmp");
+        let mut b = RunBuilder::with_capacity_in(
+            1000,
+            1 << 20,
+            Some(Spill {
+                path: &path,
+                above: 0,
+            }),
+        );
+        b.push(1, b"key", None);
+        assert!(path.exists());
+        drop(b);
+        assert!(!path.exists());
+        // An unfit run is abandoned too.
+        let mut b = RunBuilder::with_capacity_in(
+            10,
+            10,
+            Some(Spill {
+                path: &path,
+                above: 0,
+            }),
+        );
+        b.push(
+            1,
+            b"key",
+            Some(Slot {
+                version: 1 << 40,
+                location: Location {
+                    segment: 1,
+                    offset: 0,
+                },
+            }),
+        );
+        assert!(b
+            .finish_built(RunMeta {
+                first_lsn: 1,
+                last_lsn: 1,
+                chain_crc: 0,
+                epoch: 0,
+                end: None,
+                seed: 0
+            })
+            .is_none());
+        assert!(!path.exists());
+        // Below its threshold, a builder builds in memory and creates no file.
+        let b = RunBuilder::with_capacity_in(
+            10,
+            10,
+            Some(Spill {
+                path: &path,
+                above: 1 << 20,
+            }),
+        );
+        assert!(matches!(b.buf, Buf::Heap(_)));
+        assert!(!path.exists());
     }
 
     #[test]
