@@ -164,23 +164,7 @@ impl Drop for BuildMap {
 
 /// Extends `file` to `len` bytes with its blocks allocated (`fallocate`, mode 0).
 fn allocate(file: &std::fs::File, len: usize) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let len = libc::off_t::try_from(len).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: `fallocate` takes a descriptor this process owns (borrowed from `file` for
-        // the call) and plain integers; it touches no memory of the process.
-        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (file.as_raw_fd(), len);
-        Err(std::io::ErrorKind::Unsupported.into())
-    }
+    seglog_wal::io::fallocate(file, 0, len as u64)
 }
 
 /// Maps the whole of `file` (a [`BuildMap`]'s) for reading and writing.

@@ -139,8 +139,9 @@ pub(crate) fn pread(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usiz
     }
 }
 
-/// fallocate, with `Unsupported` for file systems that refuse it.
-pub(crate) fn fallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+/// fallocate, with `Unsupported` for file systems that refuse it. Public for the engine,
+/// which allocates the run files it builds through a writable map (`seglog::mapped`).
+pub fn fallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let Some((off, l)) = off_len(offset, len) else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
