@@ -1478,18 +1478,20 @@ fn replace(
         end,
         seed: state.read().seed,
     };
-    // On real files, a run larger than a segment or than the builder's kept buffer is built
-    // in its file (see `run::Spill`), so that a merge's memory does not grow with the index.
-    // (With small segments, as in the tests, most merges are built that way.)
+    // On real files, a run larger than the builder's kept buffer is built in its file (see
+    // `run::Spill`), so that a merge's memory does not grow with the index. Only those: the
+    // file is allocated at the run's largest possible size while it is built (its inputs'
+    // entries and heaps), and building small runs that way would take disk space ahead of
+    // the log's appends for nothing (and cost more CPU, see `mapped::BuildMap`).
     let name = run::file_name(meta.first_lsn, meta.last_lsn);
     let tmp = match wal.files_are_real() {
         true => Some(index_dir(wal)?.join(temporary_name(&name))),
         false => None,
     };
-    let above = usize::try_from(state.read().segment_bytes)
-        .unwrap_or(usize::MAX)
-        .min(run::MAX_KEPT_BUFFER);
-    let spill = tmp.as_deref().map(|path| run::Spill { path, above });
+    let spill = tmp.as_deref().map(|path| run::Spill {
+        path,
+        above: run::MAX_KEPT_BUFFER,
+    });
     let Some(b) = merge_layers(group, drop_tombstones, spill, between)? else {
         return Ok(false);
     };
@@ -2289,6 +2291,67 @@ pub(crate) fn remove_unused(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_run_built_in_its_file_is_renamed_into_place_and_read_from_there() {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let wal = Wal::open(tmp.path().join("log"), seglog_wal::WalConfig::default())
+            .expect("open a log");
+        let meta = RunMeta {
+            first_lsn: 1,
+            last_lsn: 3,
+            chain_crc: 5,
+            epoch: 0,
+            end: None,
+            seed: 9,
+        };
+        let name = run::file_name(meta.first_lsn, meta.last_lsn);
+        let dir = index_dir(&wal).expect("index directory");
+        let path = dir.join(temporary_name(&name));
+        let spill = run::Spill {
+            path: &path,
+            above: 0,
+        };
+        let mut b = RunBuilder::with_capacity_in(3, 6, Some(spill));
+        let slot = |v: u64| {
+            Some(Slot {
+                version: v,
+                location: Location {
+                    segment: 1,
+                    offset: 100 * v,
+                },
+            })
+        };
+        for (h, k) in [(1u64, "a"), (2, "bb"), (3, "ccc")] {
+            b.push(h, k.as_bytes(), slot(h));
+        }
+        let Some(run::Built::File(Ok(file))) = b.finish_built(meta) else {
+            panic!("the run was not built in its file");
+        };
+        let run = install_built_run(&wal, meta, file, true).expect("install the run");
+        assert!(!path.exists(), "the temporary is renamed");
+        assert_eq!(run.path(), Some(dir.join(&name).as_path()));
+        let got: Vec<(u64, Vec<u8>, Val)> = run
+            .iter()
+            .map(|(h, k, v)| (h, k.get().to_vec(), v))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, b"a".to_vec(), slot(1)),
+                (2, b"bb".to_vec(), slot(2)),
+                (3, b"ccc".to_vec(), slot(3))
+            ]
+        );
+        // The file on disk holds that run (the map is of the renamed file).
+        let bytes = std::fs::read(dir.join(&name)).expect("read the run file");
+        let from_disk = Run::parse(Backing::Heap(bytes), None, false).expect("the file parses");
+        let again: Vec<(u64, Vec<u8>, Val)> = from_disk
+            .iter()
+            .map(|(h, k, v)| (h, k.get().to_vec(), v))
+            .collect();
+        assert_eq!(again, got);
+    }
 
     /// Any source a test makes up, for [`merge`].
     type Entries<'a> = Box<dyn Iterator<Item = (u64, KeyRef<'a>, Val)> + 'a>;

@@ -44,8 +44,8 @@
 //! # Invariants
 //! - A run file is written whole to a temporary name, renamed into place and its directory
 //!   fsynced (fdatasynced before the rename only at a clean close; the others later, see
-//!   `index::write_run`). A run larger than the builder's kept buffer (or than a segment) is
-//!   built in that temporary file itself, through a writable map that is dropped before the
+//!   `index::write_run`). A run larger than the builder's kept buffer is built in that
+//!   temporary file itself, through a writable map that is dropped before the
 //!   file is cut to size and renamed ([`Spill`], `mapped::BuildMap`): a merge's memory does
 //!   not grow with the index. A run file is never modified after its rename, only unlinked
 //!   once a merged run that covers it is durable (or once it was found damaged and its range
@@ -604,9 +604,9 @@ impl Buf {
 
 /// Where a large run is built: in its file's temporary, `path`, when the run needs more than
 /// `above` bytes (see [`mapped::BuildMap`]). The index gives it for the runs it writes to
-/// files, with `above` the smaller of [`MAX_KEPT_BUFFER`] and the segment size: the anonymous
-/// memory a flush or merge takes is then at most that, whatever the size of the index (a
-/// merge of the largest runs is about the whole index).
+/// files, with `above` = [`MAX_KEPT_BUFFER`]: the anonymous memory a flush or merge takes is
+/// then at most that, whatever the size of the index (a merge of the largest runs is about
+/// the whole index).
 #[derive(Clone, Copy)]
 pub(crate) struct Spill<'a> {
     pub(crate) path: &'a Path,
