@@ -1286,19 +1286,18 @@ fn write_run(wal: &Wal, meta: RunMeta, bytes: Vec<u8>, sync_data: bool) -> Resul
 }
 
 /// As [`write_run`] for a run built in its temporary file ([`run::Spill`]): `file` is
-/// that file, written.
+/// that file, written, or the error that ended the build.
 fn install_built_run(
     wal: &Wal,
     meta: RunMeta,
-    file: std::fs::File,
+    file: std::io::Result<std::fs::File>,
     sync_data: bool,
 ) -> Result<Run> {
     let name = run::file_name(meta.first_lsn, meta.last_lsn);
+    let tmp = wal.dir().join(INDEX_DIR).join(temporary_name(&name));
+    let file = file.map_err(|e| io_err("write", &tmp, e))?;
     if sync_data {
-        file.sync_data().map_err(|e| {
-            let tmp = wal.dir().join(INDEX_DIR).join(temporary_name(&name));
-            io_err("fdatasync", &tmp, e)
-        })?;
+        file.sync_data().map_err(|e| io_err("fdatasync", &tmp, e))?;
     }
     drop(file);
     let dst = rename_into_place(wal, &name)?;
@@ -1483,11 +1482,12 @@ fn replace(
     // file is allocated at the run's largest possible size while it is built (its inputs'
     // entries and heaps), and building small runs that way would take disk space ahead of
     // the log's appends for nothing (and cost more CPU, see `mapped::BuildMap`).
+    // (The index directory exists from the open on, which writes the hash seed there; if it
+    // does not, the build falls back to the heap and the write creates it.)
     let name = run::file_name(meta.first_lsn, meta.last_lsn);
-    let tmp = match wal.files_are_real() {
-        true => Some(index_dir(wal)?.join(temporary_name(&name))),
-        false => None,
-    };
+    let tmp = wal
+        .files_are_real()
+        .then(|| wal.dir().join(INDEX_DIR).join(temporary_name(&name)));
     let spill = tmp.as_deref().map(|path| run::Spill {
         path,
         above: run::MAX_KEPT_BUFFER,
@@ -1513,11 +1513,7 @@ fn replace(
         .collect();
     let written = match built {
         run::Built::Heap(bytes) => write_run(wal, meta, bytes, sync_data)?,
-        run::Built::File(file) => {
-            let file =
-                file.map_err(|e| io_err("write", tmp.as_deref().unwrap_or(Path::new(&name)), e))?;
-            install_built_run(wal, meta, file, sync_data)?
-        }
+        run::Built::File(file) => install_built_run(wal, meta, file, sync_data)?,
     };
     if !sync_data {
         written.retire(replaced.clone());
@@ -2328,7 +2324,7 @@ mod tests {
         let Some(run::Built::File(Ok(file))) = b.finish_built(meta) else {
             panic!("the run was not built in its file");
         };
-        let run = install_built_run(&wal, meta, file, true).expect("install the run");
+        let run = install_built_run(&wal, meta, Ok(file), true).expect("install the run");
         assert!(!path.exists(), "the temporary is renamed");
         assert_eq!(run.path(), Some(dir.join(&name).as_path()));
         let got: Vec<(u64, Vec<u8>, Val)> = run
